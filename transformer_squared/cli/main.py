@@ -1,0 +1,69 @@
+"""`t2`: entry point. Each command lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .._version import __version__
+from ..errors import T2Error
+
+# Command modules, in the order `t2 --help` lists them. Each defines register(subparsers) -> None and sets
+# `func` on its parser via set_defaults(func=...); func(args) returns an exit code (or None for 0).
+COMMANDS = [
+    "models",
+    "info",
+    "expert",
+    "generate",
+    "eval",
+    "score",
+    "train",
+    "adapt",
+    "run",
+    "serve",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2",
+        description="Transformer²: SVF experts, RL training and two-pass self-adaptation for Hugging Face LMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"transformer-squared {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name == f"{__package__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except T2Error as e:
+        print(f"t2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `t2 ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
