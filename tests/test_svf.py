@@ -1,0 +1,143 @@
+import pytest
+import torch
+
+from transformer_squared.svd import decompose
+from transformer_squared.svf import SVF, SVFLinear, ZInit, svf_layers
+from transformer_squared.targets import resolve_targets
+from transformer_squared.testing import ARCHITECTURES, tiny_model
+
+IDS = torch.tensor([[5, 17, 3, 99, 42, 8, 1], [7, 7, 60, 2, 11, 120, 33]])
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def attach(arch, targets="mlp", seed=0):
+    model = tiny_model(arch, seed=seed)
+    names = resolve_targets(model, targets)
+    return model, SVF.attach(model, decompose(model, names, cache=False, progress=False))
+
+
+def random_z(svf, std=0.3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {n: 1 + std * torch.randn(m.rank, generator=g) for n, m in svf.layers.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("targets", ["mlp", "attn", "all"])
+def test_identity_expert_gives_base_logits(arch, targets):
+    model = tiny_model(arch)
+    base = logits(model)
+    _, svf = None, SVF.attach(model, decompose(model, resolve_targets(model, targets), cache=False, progress=False))
+    assert svf.layers, "no layer was adapted"
+    ones = {n: torch.ones(m.rank) for n, m in svf.layers.items()}
+    svf.train_mode(ones)
+    assert (logits(model) - base).abs().max() <= 1e-5
+    svf.merge(ones)
+    assert (logits(model) - base).abs().max() <= 1e-5
+    svf.set_rows([ones, None])
+    assert (logits(model) - base).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_merged_equals_recomposed_equals_per_row(arch):
+    model, svf = attach(arch)
+    z = random_z(svf)
+    base = logits(model)
+    svf.train_mode(z)
+    recomposed = logits(model)
+    svf.merge(z)
+    merged = logits(model)
+    svf.set_rows([z, z])
+    rows = logits(model)
+    assert (recomposed - base).abs().max() > 1e-2, "the expert changed nothing"
+    torch.testing.assert_close(merged, recomposed, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rows, recomposed, atol=1e-4, rtol=1e-4)
+
+
+def test_per_row_mixes_experts_in_one_batch():
+    model, svf = attach("llama")
+    z1, z2 = random_z(svf, seed=1), random_z(svf, seed=2)
+    svf.merge(z1)
+    a = logits(model, IDS[:1])
+    svf.merge(z2)
+    b = logits(model, IDS[1:])
+    svf.restore()
+    base1 = logits(model, IDS[:1])
+    svf.set_rows([z1, z2])
+    both = logits(model)
+    torch.testing.assert_close(both[0], a[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], b[0], atol=1e-4, rtol=1e-4)
+    svf.set_rows([None, z2])
+    torch.testing.assert_close(logits(model)[0], base1[0], atol=1e-5, rtol=0)
+    svf.select_rows(torch.tensor([1]))
+    torch.testing.assert_close(logits(model, IDS[1:])[0], b[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_restore_after_merge_is_bit_exact(arch, dtype):
+    model = tiny_model(arch, dtype=dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    svf = SVF.attach(model, decompose(model, resolve_targets(model, "all"), cache=False, progress=False))
+    for seed in (1, 2):  # merging twice must still restore the original, not the first merge
+        svf.merge(random_z(svf, seed=seed))
+    svf.restore()
+    svf.detach()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_only_z_gets_gradients():
+    model, svf = attach("llama", "mlp,attn")
+    params = svf.train_mode(ZInit(noise=0.01))
+    out = model(input_ids=IDS).logits.logsumexp(-1).mean()
+    out.backward()
+    assert len(params) == len(svf.layers)
+    for p in params:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(n.endswith(".param") for n in trainable) and len(trainable) == len(params)
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_reference_parametrization_constant_z_is_identity():
+    model, svf = attach("qwen2")
+    base = logits(model)
+    svf.train_mode(ZInit("reference", p_std=0.0))
+    torch.testing.assert_close(logits(model), base, atol=1e-5, rtol=0)
+    svf.train_mode(ZInit("reference", p_std=0.5), seed=3)
+    z = svf.effective_z()
+    for n, m in svf.layers.items():  # nuclear norm preserved: Σσz = Σσ
+        torch.testing.assert_close((m.S.cpu() * z[n]).sum(), m.S.cpu().sum(), rtol=1e-5, atol=1e-5)
+    assert (logits(model) - base).abs().max() > 1e-3
+
+
+def test_svd_reconstructs_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2_CACHE", str(tmp_path))
+    model = tiny_model("gpt2")
+    names = resolve_targets(model, "mlp")
+    f1 = decompose(model, names, progress=False)
+    assert list((tmp_path / "svd").glob("*.safetensors"))
+    f2 = decompose(model, names, progress=False)
+    for n in names:
+        assert torch.equal(f1[n].S, f2[n].S)
+        W = dict(model.named_modules())[n].weight.t()  # Conv1D: (in, out) storage
+        torch.testing.assert_close((f1[n].U * f1[n].S) @ f1[n].Vh, W, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # changed weights never get stale factors
+        dict(model.named_modules())[names[0]].weight.mul_(2)
+    f3 = decompose(model, names, progress=False)
+    torch.testing.assert_close(f3[names[0]].S, 2 * f1[names[0]].S)
+
+
+def test_detach_restores_plain_modules():
+    model, svf = attach("phi")
+    assert svf_layers(model)
+    svf.merge(random_z(svf))
+    svf.detach()
+    assert not svf_layers(model)
+    assert not any(isinstance(m, SVFLinear) for m in model.modules())
