@@ -23,6 +23,20 @@ from .svf import SVF
 from .targets import resolve_targets
 
 
+def base_meta(lm: LoadedModel, targets: str = "mlp") -> dict[str, Any]:
+    """The metadata an expert for this model and these targets carries, without decomposing anything."""
+    from .targets import weight_matrix
+
+    names = resolve_targets(lm.model, targets)
+    modules = dict(lm.model.named_modules())
+    digests = fingerprint(lm.model, names)
+    return {
+        "base_model": {**lm.identity(), "fingerprint": model_fingerprint(digests)},
+        "targets": targets,
+        "shapes": {n: list(weight_matrix(modules[n]).shape) for n in names},
+    }
+
+
 @dataclass
 class AdaptedModel:
     lm: LoadedModel
@@ -69,7 +83,7 @@ class AdaptedModel:
         return {"base_model": self.base_identity(), "targets": self.targets, "shapes": self.shapes(), **meta}
 
     def identity_expert(self, **meta) -> Expert:
-        return Expert.identity(self.shapes(), **self.expert_meta(**meta))
+        return Expert.identity(self.shapes(), self.expert_meta(**meta))
 
     def check(self, expert: Expert, *, allow_transfer: bool = False) -> None:
         expert.check_compatible(self.shapes(), self.fingerprint, allow_transfer=allow_transfer,

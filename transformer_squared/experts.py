@@ -40,17 +40,19 @@ class Expert:
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
-    def identity(cls, shapes: Mapping[str, Sequence[int]], **meta) -> "Expert":
+    def identity(cls, shapes: Mapping[str, Sequence[int]], meta: Mapping[str, Any] | None = None) -> "Expert":
         """z = 1 everywhere: the base model."""
         z = {n: torch.ones(min(s)) for n, s in shapes.items()}
-        return cls(z, {"shapes": {n: list(s) for n, s in shapes.items()}, **meta})
+        return cls(z, {**(meta or {}), "shapes": {n: list(s) for n, s in shapes.items()}})
 
     @classmethod
-    def random(cls, shapes: Mapping[str, Sequence[int]], std: float, seed: int = 0, **meta) -> "Expert":
+    def random(cls, shapes: Mapping[str, Sequence[int]], std: float, seed: int = 0,
+               meta: Mapping[str, Any] | None = None) -> "Expert":
         """z = 1 + std·N(0, 1): a perturbed base model (for tests and sanity checks)."""
         gen = torch.Generator().manual_seed(seed)
         z = {n: 1.0 + std * torch.randn(min(s), generator=gen) for n, s in shapes.items()}
-        return cls(z, {"shapes": {n: list(s) for n, s in shapes.items()}, "init": {"noise": std, "seed": seed}, **meta})
+        return cls(z, {**(meta or {}), "shapes": {n: list(s) for n, s in shapes.items()},
+                       "init": {"noise": std, "seed": seed}})
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -117,7 +119,8 @@ class Expert:
         for n, t in z.items():
             if t.dim() != 1 or not torch.isfinite(t).all():
                 raise T2Error(f"{weights}: z for {n} is not a finite 1-D tensor")
-        return cls({n: t.float() for n, t in z.items()}, meta)
+        order = [n for n in meta.get("shapes", {}) if n in z] + sorted(set(z) - set(meta.get("shapes", {})))
+        return cls({n: z[n].float() for n in order}, meta)  # model order (safetensors sorts keys)
 
     # -- checking against a model ----------------------------------------------------------------------------
     def check_compatible(self, shapes: Mapping[str, Sequence[int]], fingerprint: str | None = None, *,

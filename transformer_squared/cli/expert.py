@@ -1,0 +1,105 @@
+"""`t2 expert init | show | mix`: make, inspect and combine expert files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import T2Error
+from .common import add_model_arg, add_targets_arg, print_json, quiet
+
+
+def register(sub) -> None:
+    p = sub.add_parser("expert", help="create, inspect and mix SVF experts")
+    esub = p.add_subparsers(dest="expert_command", metavar="ACTION", required=True)
+
+    q = esub.add_parser("init", help="an identity expert (z = 1), or a perturbed one with --noise")
+    add_model_arg(q)
+    add_targets_arg(q)
+    q.add_argument("--out", required=True, help="expert directory to write")
+    q.add_argument("--noise", type=float, default=0.0, help="z = 1 + NOISE·N(0,1) (default 0: identity)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--name", default=None, help="expert name (default: the directory name)")
+    q.add_argument("--domain", default=None, help="domain it serves (math, code, reasoning, ...)")
+    q.set_defaults(func=run_init)
+
+    q = esub.add_parser("show", help="summary of an expert, and a PNG of |z-1| per layer and matrix")
+    q.add_argument("expert", help="expert directory")
+    q.add_argument("--png", default=None, help="where to write the plot (default: EXPERT/z.png; 'none' to skip)")
+    q.add_argument("--json", action="store_true", help="one JSON object")
+    q.set_defaults(func=run_show)
+
+    q = esub.add_parser("mix", help="z' = Σ α_k z_k over experts")
+    q.add_argument("experts", nargs="+", help="expert directories")
+    q.add_argument("--alpha", required=True, help="comma-separated weights, one per expert")
+    q.add_argument("--out", required=True, help="expert directory to write")
+    q.add_argument("--name", default=None)
+    q.set_defaults(func=run_mix)
+
+
+def run_init(args) -> int:
+    from ..adapted import base_meta
+    from ..experts import Expert
+    from ..models import load_model
+
+    quiet()
+    meta = base_meta(load_model(args.model), args.targets)
+    name = args.name or Path(args.out).name
+    extra = {"name": name, "domain": args.domain, "task": None}
+    if args.noise:
+        expert = Expert.random(meta["shapes"], args.noise, args.seed, {**meta, **extra})
+    else:
+        expert = Expert.identity(meta["shapes"], {**meta, **extra})
+    expert.save(args.out)
+    print(f"wrote {args.out}: {len(expert.z)} matrices, {expert.num_parameters:,} parameters"
+          + (f", z = 1 + {args.noise}·N(0,1)" if args.noise else " (identity)"))
+    return 0
+
+
+def run_show(args) -> int:
+    from ..experts import Expert
+
+    expert = Expert.load(args.expert)
+    stats = expert.stats()
+    png = None if (args.png or "").lower() == "none" else Path(args.png or Path(args.expert) / "z.png")
+    if png is not None:
+        from ..plots import plot_expert
+
+        plot_expert(expert.z, png, title=f"{expert.name}: mean |z − 1|")
+    meta = expert.meta
+    base = meta.get("base_model") or {}
+    summary = {
+        "expert": str(args.expert), "name": expert.name, "domain": expert.domain, "task": meta.get("task"),
+        "base_model": base.get("name"), "fingerprint": base.get("fingerprint"), "targets": meta.get("targets"),
+        "parametrization": (meta.get("training") or {}).get("parametrization", meta.get("parametrization")),
+        **stats, "metrics": meta.get("metrics"), "png": str(png) if png else None,
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"expert        {summary['name']} ({args.expert})")
+    print(f"base model    {summary['base_model']} (weights {str(summary['fingerprint'])[:12]})")
+    print(f"targets       {summary['targets']}: {stats['matrices']} matrices, {stats['parameters']:,} parameters")
+    print(f"domain/task   {summary['domain']} / {summary['task']}")
+    print(f"z             mean {stats['z_mean']:.4f}  min {stats['z_min']:.4f}  max {stats['z_max']:.4f}  "
+          f"mean|z-1| {stats['mean_abs_dev']:.4g}")
+    if meta.get("metrics"):
+        print(f"metrics       {meta['metrics']}")
+    if "alpha" in meta:
+        print(f"mixed from    {meta.get('mixed_from')} with alpha {meta['alpha']}")
+    if png:
+        print(f"plot          {png}")
+    return 0
+
+
+def run_mix(args) -> int:
+    from ..experts import Expert, mix
+
+    try:
+        alpha = [float(a) for a in args.alpha.split(",")]
+    except ValueError:
+        raise T2Error(f"--alpha must be comma-separated numbers, got {args.alpha!r}") from None
+    experts = [Expert.load(e) for e in args.experts]
+    out = mix(experts, alpha, name=args.name or Path(args.out).name)
+    out.save(args.out)
+    print(f"wrote {args.out}: " + " + ".join(f"{a:g}·{e.name}" for a, e in zip(alpha, experts)))
+    return 0
