@@ -1,22 +1,13 @@
-"""Shared fixtures: tiny random models of several architectures, an isolated cache, the shared data dir."""
+"""Shared fixtures: the shared data directory and the real embedded model."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests get their own SVD cache; the converted embedded model is shared (read-only) to save 20 s each."""
-    if "T2_TEST_KEEP_CACHE" not in os.environ:
-        monkeypatch.setenv("T2_CACHE", str(tmp_path_factory.getbasetemp() / "t2-cache"))
-    yield
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +19,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory):
-    """The real embedded default (SmolLM2-135M-Instruct), loaded once per test session, cache in the user's
-    T2 cache so the ~20 s GGUF conversion happens once per machine, not per run."""
+    """The real embedded default (SmolLM2-135M-Instruct), loaded once per test session. It uses the user's
+    cache (content-addressed, so sharing it is safe): the ~20 s GGUF conversion and the ~60 s SVD happen once
+    per machine, not once per run."""
     from transformer_squared.models import load_model
 
     return load_model("smollm2-135m-instruct")

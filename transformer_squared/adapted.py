@@ -20,13 +20,11 @@ from .experts import Expert
 from .models import LoadedModel, load_model
 from .svd import decompose, fingerprint, model_fingerprint
 from .svf import SVF
-from .targets import resolve_targets
+from .targets import resolve_targets, weight_matrix
 
 
 def base_meta(lm: LoadedModel, targets: str = "mlp") -> dict[str, Any]:
     """The metadata an expert for this model and these targets carries, without decomposing anything."""
-    from .targets import weight_matrix
-
     names = resolve_targets(lm.model, targets)
     modules = dict(lm.model.named_modules())
     digests = fingerprint(lm.model, names)
@@ -46,22 +44,31 @@ class AdaptedModel:
 
     @classmethod
     def prepare(cls, model: str | LoadedModel, targets: str = "mlp", *, progress: bool = True,
-                cache: bool = True, dtype: torch.dtype | str = torch.float32, device=None) -> "AdaptedModel":
-        """Load (if given a spec), resolve targets, decompose them (cached) and wrap them with SVF layers."""
+                cache: bool = True, dtype: torch.dtype | str = torch.float32, device=None,
+                expert: Expert | None = None, allow_transfer: bool = False) -> "AdaptedModel":
+        """Load (if given a spec), resolve targets, decompose them (cached) and wrap them with SVF layers.
+
+        With `expert`, it is checked against the model *before* the (possibly slow) decomposition.
+        """
         lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
         names = resolve_targets(lm.model, targets)
         digests = fingerprint(lm.model, names)
+        fp = model_fingerprint(digests)
+        if expert is not None:
+            modules = dict(lm.model.named_modules())
+            shapes = {n: list(weight_matrix(modules[n]).shape) for n in names}
+            expert.check_compatible(shapes, fp, allow_transfer=allow_transfer, model_name=lm.name)
         factors = decompose(lm.model, names, cache=cache, progress=progress, digests=digests)
         svf = SVF.attach(lm.model, factors)
-        return cls(lm=lm, targets=targets, svf=svf, fingerprint=model_fingerprint(digests))
+        return cls(lm=lm, targets=targets, svf=svf, fingerprint=fp)
 
     @classmethod
-    def for_expert(cls, model: str | LoadedModel, expert: str | Path | Expert, **kw) -> tuple["AdaptedModel", Expert]:
+    def for_expert(cls, model: str | LoadedModel, expert: str | Path | Expert, *, allow_transfer: bool = False,
+                   **kw) -> tuple["AdaptedModel", Expert]:
         """Prepare the model with the targets the expert was trained on, and load the expert checked."""
         expert = expert if isinstance(expert, Expert) else Expert.load(expert)
-        allow = kw.pop("allow_transfer", False)
-        am = cls.prepare(model, targets=expert.meta.get("targets", "mlp"), **kw)
-        am.check(expert, allow_transfer=allow)
+        am = cls.prepare(model, targets=expert.meta.get("targets", "mlp"), expert=expert,
+                         allow_transfer=allow_transfer, **kw)
         return am, expert
 
     @property
