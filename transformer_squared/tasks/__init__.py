@@ -1,0 +1,67 @@
+"""Benchmarks and custom tasks: `get_task(name, **options)` returns a `Task` (see `base.py`).
+
+Built-in names: gsm8k, math, math500, arc-easy, arc-challenge, mbpp, mbpp-sanitized, humaneval.
+A custom task is `custom:<path.jsonl>` (or `get_task("custom", path=..., scorer=...)`; see `custom.py`).
+
+Generation stops: the paper's stop strings ("Instruction:", "Response:") belonged to its non-chat "@@ Instruction /
+@@ Response" template; with a chat template the end-of-turn token ends the reply, so built-in tasks set no `stop`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+from ..errors import T2Error
+from .arc import ARC
+from .base import Example, Task, Verdict
+from .custom import custom_task
+from .gsm8k import GSM8K
+from .hendrycks_math import MATH, MATH500
+from .humaneval import HumanEval
+from .mbpp import MBPP
+
+_TASKS: dict[str, Callable[..., Task]] = {
+    "gsm8k": GSM8K,
+    "math": MATH,
+    "math500": MATH500,
+    "arc-easy": lambda: ARC("Easy"),
+    "arc-challenge": lambda: ARC("Challenge"),
+    "mbpp": lambda timeout=10.0: MBPP(sanitized=False, timeout=timeout),
+    "mbpp-sanitized": lambda timeout=10.0: MBPP(sanitized=True, timeout=timeout),
+    "humaneval": HumanEval,
+}
+
+
+def list_tasks() -> list[str]:
+    """Names of the built-in tasks (custom tasks are `custom:<path>`)."""
+    return list(_TASKS)
+
+
+def get_task(name: str, **options) -> Task:
+    """The task called `name`, built with `options` (code tasks: `timeout`; custom: see `custom.custom_task`)."""
+    if name == "custom" or name.startswith("custom:"):
+        if name.startswith("custom:"):
+            if "path" in options:
+                raise T2Error("give the custom task's file once: either custom:<path> or path=, not both")
+            options["path"] = name[len("custom:"):]
+        factory: Callable[..., Task] = custom_task
+    elif name in _TASKS:
+        factory = _TASKS[name]
+    else:
+        raise T2Error(f"unknown task {name!r}; choose from {', '.join(list_tasks())}, or custom:<path.jsonl>")
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError:
+        allowed = [p for p in inspect.signature(factory).parameters]
+        raise T2Error(f"task {name!r} does not take option(s) {', '.join(sorted(options))}; "
+                      f"it takes: {', '.join(allowed) or 'none'}") from None
+    return factory(**options)
+
+
+def score_many(task: Task, examples: Sequence[Example], outputs: Sequence[str], *, workers: int = 2) -> list[Verdict]:
+    """Score `outputs` against `examples` (same order); code tasks run their tests `workers` at a time."""
+    return task.score_many(examples, outputs, workers=workers)
+
+
+__all__ = ["Example", "Task", "Verdict", "get_task", "list_tasks", "score_many"]

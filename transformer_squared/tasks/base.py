@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,20 @@ class Task(ABC):
     @abstractmethod
     def score(self, example: Example, output: str) -> Verdict:
         """Score the raw model output against the example."""
+
+    def response_prefix(self, example: Example) -> str:
+        """Text the assistant's reply starts with in the paper's template ("```python" for code), or "".
+
+        Optional: a caller that supports prefill appends it after the generation prompt and passes prefix + its
+        continuation to `score` (scorers also accept the continuation alone, or a reply made without prefill).
+        """
+        return ""
+
+    def score_many(self, examples: Sequence[Example], outputs: Sequence[str], *, workers: int = 2) -> list[Verdict]:
+        """Score many outputs (same order); code tasks override this to run their tests in parallel."""
+        if len(examples) != len(outputs):
+            raise ValueError(f"{len(examples)} examples but {len(outputs)} outputs")
+        return [self.score(ex, out) for ex, out in zip(examples, outputs)]
 
     def reward(self, example: Example, output: str, *, wrong: float = -1.0) -> float:
         """RL reward: +1 if correct, `wrong` otherwise (SPEC §2: -1; the VLM experiments used -0.1)."""
