@@ -1,0 +1,145 @@
+"""Evaluate a model (optionally with an expert) on a task: generate, score, summarise with a 95% CI.
+
+Long evaluations are resumable: with an output directory, per-sample records are appended to
+`records.jsonl` chunk by chunk, and a rerun with `resume=True` and the same configuration skips the ids
+already there. `summary.json` is written (atomically) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import T2Error
+from .fileio import append_jsonl, atomic_write_json, read_jsonl
+from .metrics import accuracy_summary
+from .tasks import Example, Task, get_task
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate; recorded in the summary so a result says how it was made."""
+
+    task: str = field(metadata={"help": "task name (gsm8k, arc-easy, ..., custom:<file.jsonl>)"})
+    split: str | None = field(default=None, metadata={"help": "split (default: the task's test split)"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate a seeded random subset of this size"})
+    seed: int = field(default=0, metadata={"help": "seed for the subset and for sampling"})
+    batch_size: int = field(default=16, metadata={"help": "prompts generated together"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's own budget"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    top_p: float = 1.0
+    workers: int = field(default=2, metadata={"help": "parallel sandboxes for code tasks"})
+    chunk: int = field(default=64, metadata={"help": "examples per generate/score/save round"})
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise T2Error(f"--limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise T2Error(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def select_examples(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
+    """All examples, or a seeded random subset of `limit` in the split's order (stable across runs)."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    keep = set(random.Random(seed).sample(range(len(examples)), limit))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
+def evaluate(
+    model,
+    tokenizer,
+    config: EvalConfig,
+    *,
+    task: Task | None = None,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    engine=None,
+    extra: dict[str, Any] | None = None,
+    before_generate: Callable[[list[Example]], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run `config` on `model` as it is now (merge an expert before calling). Returns (summary, records).
+
+    summary: task, split, n, correct, accuracy, ci95, seconds (+ timing and config); records: one per example
+    with id, prompt, output, extracted, correct, detail, finish_reason, tokens.
+    """
+    from tqdm.auto import tqdm
+
+    from .generation import Engine, SamplingParams, chat_prompt_ids
+
+    start = time.perf_counter()
+    task = task or get_task(config.task)
+    split = config.split or task.default_split
+    if split not in task.splits:
+        raise T2Error(f"task {task.name} has no split {split!r}; it has {', '.join(task.splits)}")
+    examples = select_examples(task.load(split, data_dir), config.limit, config.seed)
+    engine = engine or Engine(model, tokenizer, max_batch_size=config.batch_size)
+    params = SamplingParams(max_new_tokens=config.max_new_tokens or task.max_new_tokens,
+                            temperature=config.temperature, top_p=config.top_p, stop=tuple(task.stop),
+                            seed=config.seed)
+    run_config = {**asdict(config), "split": split, **(extra or {})}
+
+    records_path = Path(out_dir) / "records.jsonl" if out_dir else None
+    done: dict[str, dict] = {}
+    if records_path is not None:
+        done = _resume_records(Path(out_dir), run_config, resume)
+    todo = [ex for ex in examples if ex.id not in done]
+
+    gen_s = score_s = 0.0
+    new_tokens = 0
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"eval {task.name}",
+               unit="ex", disable=not progress, leave=False)
+    for i in range(0, len(todo), config.chunk):
+        chunk = todo[i:i + config.chunk]
+        if before_generate is not None:
+            before_generate(chunk)
+        t0 = time.perf_counter()
+        outs = engine.generate([chat_prompt_ids(tokenizer, task.messages(ex)) for ex in chunk], params)
+        t1 = time.perf_counter()
+        verdicts = task.score_many(chunk, [o.text for o in outs], workers=config.workers)
+        t2 = time.perf_counter()
+        gen_s, score_s = gen_s + t1 - t0, score_s + t2 - t1
+        for ex, out, v in zip(chunk, outs, verdicts):
+            new_tokens += len(out.token_ids)
+            rec = {"id": ex.id, "prompt": ex.prompt, "output": out.text, "extracted": v.extracted,
+                   "correct": bool(v.correct), "detail": v.detail, "finish_reason": out.finish_reason,
+                   "tokens": len(out.token_ids)}
+            done[ex.id] = rec
+            if records_path is not None:
+                append_jsonl(records_path, rec)
+        bar.update(len(chunk))
+        bar.set_postfix(acc=f"{sum(r['correct'] for r in done.values()) / max(1, len(done)):.3f}")
+    bar.close()
+
+    records = [done[ex.id] for ex in examples]
+    summary = {
+        "task": task.name, "split": split, **accuracy_summary([r["correct"] for r in records]),
+        "seconds": round(time.perf_counter() - start, 3),
+        "generation_seconds": round(gen_s, 3), "scoring_seconds": round(score_s, 3),
+        "new_tokens": new_tokens, "tokens_per_second": round(new_tokens / gen_s, 2) if gen_s else None,
+        "resumed": len(examples) - len(todo), "config": run_config,
+    }
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "summary.json", summary)
+    return summary, records
+
+
+def _resume_records(out_dir: Path, run_config: dict, resume: bool) -> dict[str, dict]:
+    """Records already in `out_dir` when resuming a run of the same configuration; else start afresh."""
+    cfg_path, rec_path = out_dir / "config.json", out_dir / "records.jsonl"
+    wanted = json.loads(json.dumps(run_config, default=str))
+    if resume and cfg_path.is_file() and rec_path.is_file():
+        if json.loads(cfg_path.read_text()) != wanted:
+            raise T2Error(f"{out_dir} holds an evaluation with another configuration; use another --out "
+                          f"or drop --resume")
+        return {r["id"]: r for r in read_jsonl(rec_path)}
+    rec_path.unlink(missing_ok=True)
+    (out_dir / "summary.json").unlink(missing_ok=True)
+    atomic_write_json(cfg_path, wanted)
+    return {}
