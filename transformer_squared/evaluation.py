@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from .errors import T2Error
 from .fileio import append_jsonl, atomic_write_json, read_jsonl
 from .metrics import accuracy_summary
-from .tasks import Example, Task, get_task
+from .tasks import Example, Task, full_reply, get_task, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .generation import Engine, SamplingParams, chat_prompt_ids
+    from .generation import Engine, SamplingParams
 
     start = time.perf_counter()
     task = task or get_task(config.task)
@@ -100,14 +100,15 @@ def evaluate(
         if before_generate is not None:
             before_generate(chunk)
         t0 = time.perf_counter()
-        outs = engine.generate([chat_prompt_ids(tokenizer, task.messages(ex)) for ex in chunk], params)
+        outs = engine.generate([prompt_ids(task, tokenizer, ex) for ex in chunk], params)
         t1 = time.perf_counter()
-        verdicts = task.score_many(chunk, [o.text for o in outs], workers=config.workers)
+        replies = [full_reply(task, ex, o.text) for ex, o in zip(chunk, outs)]
+        verdicts = task.score_many(chunk, replies, workers=config.workers)
         t2 = time.perf_counter()
         gen_s, score_s = gen_s + t1 - t0, score_s + t2 - t1
-        for ex, out, v in zip(chunk, outs, verdicts):
+        for ex, out, reply, v in zip(chunk, outs, replies, verdicts):
             new_tokens += len(out.token_ids)
-            rec = {"id": ex.id, "prompt": ex.prompt, "output": out.text, "extracted": v.extracted,
+            rec = {"id": ex.id, "prompt": ex.prompt, "output": reply, "extracted": v.extracted,
                    "correct": bool(v.correct), "detail": v.detail, "finish_reason": out.finish_reason,
                    "tokens": len(out.token_ids)}
             done[ex.id] = rec

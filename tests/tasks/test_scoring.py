@@ -87,6 +87,8 @@ def test_numbers_equal_tolerance_and_forms():
     ("**C**", "C"),
     ("Let me think.\nPlants need light.\n(B)", "B"),     # a last line that is only a label
     ("(B) oxygen\nbecause animals breathe it", "B"),    # a first line that starts with a label
+    ("A. seed\nB. spore\nC. pollen\nD. immature flower\nThe correct answer is:", None),  # a listing, no choice
+    ("A. seed\nB. spore", None),
     ("The answer is a bit unclear.", None),              # the article "a" is not a label
     ("I am not sure which one it is.", None),            # nothing found: no guess (the reference picked A)
     ("A plant needs water and light.", None),

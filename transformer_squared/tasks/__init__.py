@@ -64,4 +64,19 @@ def score_many(task: Task, examples: Sequence[Example], outputs: Sequence[str], 
     return task.score_many(examples, outputs, workers=workers)
 
 
-__all__ = ["Example", "Task", "Verdict", "get_task", "list_tasks", "score_many"]
+def prompt_ids(task: Task, tokenizer, example: Example) -> list[int]:
+    """The token ids a model answers `example` from: the task's chat messages through the tokenizer's chat
+    template, followed by the task's response prefix (the paper prefilled code answers with "```python")."""
+    from ..generation import chat_prompt_ids
+
+    ids = chat_prompt_ids(tokenizer, task.messages(example))
+    prefix = task.response_prefix(example)
+    return ids + (tokenizer.encode(prefix, add_special_tokens=False) if prefix else [])
+
+
+def full_reply(task: Task, example: Example, generated: str) -> str:
+    """The whole assistant reply: the response prefix the model was given plus what it generated."""
+    return task.response_prefix(example) + generated
+
+
+__all__ = ["Example", "Task", "Verdict", "full_reply", "get_task", "list_tasks", "prompt_ids", "score_many"]

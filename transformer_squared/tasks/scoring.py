@@ -139,8 +139,12 @@ def extract_choice(text: str, labels: str | list[str] | tuple[str, ...] = "ABCD"
         m = re.fullmatch(r"[(\[]?([A-Z])[)\]]?\.?", lines[-1])
         if m and m.group(1) in valid:
             return m.group(1)
-        m = re.match(r"(?:[(\[]([A-Z])[)\]]|([A-Z])[.)])\s+\S", lines[0])
-        if m and (m.group(1) or m.group(2)) in valid:
+        option_line = re.compile(r"(?:[(\[]([A-Z])[)\]]|([A-Z])[.)])\s+\S")
+        listed = {m.group(1) or m.group(2) for ln in lines if (m := option_line.match(ln))}
+        m = option_line.match(lines[0])
+        # A first line "(B) oxygen" is a choice; a reply that lists several options ("A. seed\nB. spore...")
+        # only repeats the question, and reading its first line as the answer would be a guess.
+        if m and (m.group(1) or m.group(2)) in valid and len(listed) == 1:
             return m.group(1) or m.group(2)
     return None
 
