@@ -1,4 +1,4 @@
-"""`t2 expert init | show | mix`: make, inspect and combine expert files."""
+"""`t2 expert init | show | mix | export`: make, inspect, combine and export expert files."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, help="expert directory to write")
     q.add_argument("--name", default=None)
     q.set_defaults(func=run_mix)
+
+    q = esub.add_parser("export", help="write an expert as a PEFT LoRA adapter or a merged Hugging Face model")
+    q.add_argument("expert", help="expert directory")
+    q.add_argument("--format", required=True, choices=("lora", "merged"),
+                   help="lora: PEFT/vLLM adapter of the best rank-K approximation of ΔW; merged: full model with W'")
+    q.add_argument("--rank", type=int, default=None, help="lora: the same rank K for every matrix")
+    q.add_argument("--max-error", type=float, default=None,
+                   help="lora: per matrix the smallest rank with relative Frobenius error ≤ EPS")
+    q.add_argument("--relative-to", choices=("delta", "weight"), default="delta",
+                   help="what --max-error is relative to: ‖ΔW‖ (default) or ‖W‖")
+    q.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="lora: dtype of the adapter tensors (default float32)")
+    q.add_argument("--out", required=True, help="directory to write")
+    q.add_argument("--model", default=None,
+                   help="alias, .gguf file, local HF directory or hub id (default: the expert's base model)")
+    q.add_argument("--allow-transfer", action="store_true",
+                   help="export for a model other than the one the expert was trained on (same shapes)")
+    q.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    q.set_defaults(func=run_export)
 
 
 def run_init(args) -> int:
@@ -102,4 +121,40 @@ def run_mix(args) -> int:
     out = mix(experts, alpha, name=args.name or Path(args.out).name)
     out.save(args.out)
     print(f"wrote {args.out}: " + " + ".join(f"{a:g}·{e.name}" for a, e in zip(alpha, experts)))
+    return 0
+
+
+def run_export(args) -> int:
+    import torch
+
+    from ..experts import Expert
+    from ..export import export_lora, export_merged, format_summary
+    from ..models import DEFAULT_MODEL
+
+    quiet()
+    if args.format == "merged" and (args.rank is not None or args.max_error is not None):
+        raise T2Error("--rank and --max-error apply to --format lora; a merged export is exact")
+    if args.format == "lora" and (args.rank is None) == (args.max_error is None):
+        raise T2Error("--format lora needs exactly one of --rank K or --max-error EPS")
+    expert = Expert.load(args.expert)
+    model = args.model or (expert.meta.get("base_model") or {}).get("name") or DEFAULT_MODEL
+    if args.format == "merged":
+        record = export_merged(model, args.expert, args.out, allow_transfer=args.allow_transfer, progress=True)
+        if args.json:
+            print_json(record)
+        else:
+            print(f"wrote {args.out}: {record['merged_matrices']} matrices merged into "
+                  f"{record['base_model']['reference']} ({record['dtype']})")
+        return 0
+    report = export_lora(model, args.expert, args.out, rank=args.rank, max_error=args.max_error,
+                         relative_to=args.relative_to, dtype=getattr(torch, args.dtype),
+                         allow_transfer=args.allow_transfer, progress=True)
+    if args.json:
+        print_json({k: v for k, v in report.items() if k != "matrices"})
+        return 0
+    print(f"wrote {args.out}: {format_summary(report)}")
+    vllm = report["vllm_max_lora_rank"]
+    print(f"per-matrix ranks and errors in {Path(args.out) / 'export_report.json'}; largest rank {report['r']}: "
+          + (f"serve with vLLM --max-lora-rank {vllm}" if vllm else
+             f"above vLLM's --max-lora-rank limit of 512, export with --rank 512 or less for vLLM"))
     return 0
