@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import add_data_dir_arg, add_model_arg, print_json, quiet, stderr
+from .run import add_strategy_args
 
 
 def register(sub) -> None:
@@ -25,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_data_dir_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    g = p.add_argument_group("self-adaptation (two passes; a few-shot --expert is evaluated on its held-out rest)")
+    add_strategy_args(g, required=False)
+    g.add_argument("--shuffle-expert-seed", type=int, default=None,
+                   help="transfer control: permute each matrix's z entries (of --expert, or of every expert)")
     p.set_defaults(func=run)
 
 
@@ -40,6 +45,14 @@ def run(args) -> int:
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, workers=args.workers)
     task = get_task(args.task)  # fail fast on a bad task name, before loading the model
+    if args.experts:
+        from ..errors import T2Error
+        from .run import run_eval_adaptive
+
+        if args.expert:
+            raise T2Error("give --expert E (one expert) or --experts DIR (self-adaptation), not both")
+
+        return run_eval_adaptive(args, config, task)
     lm = load_model(args.model)
     extra = {"model": args.model, "expert": args.expert}
     if args.expert:
@@ -47,8 +60,19 @@ def run(args) -> int:
 
         am, expert = AdaptedModel.for_expert(lm, args.expert, allow_transfer=args.allow_transfer,
                                              progress=not args.json)
+        if args.shuffle_expert_seed is not None:
+            from ..adaptation.transfer import shuffle_expert
+
+            expert = shuffle_expert(expert, args.shuffle_expert_seed)
+            extra["shuffle_expert_seed"] = args.shuffle_expert_seed
         am.apply(expert)
         extra["expert_name"] = expert.name
+        from ..adaptation.fewshot import heldout_task
+
+        held = heldout_task(task, expert)  # a few-shot expert is scored without the shots it was adapted on
+        if held is not task:
+            extra["excluded_shot_ids"] = sorted(held.exclude)
+        task = held
     summary, _ = evaluate(lm.model, lm.tokenizer, config, task=task, data_dir=data_dir(args.data_dir),
                           out_dir=args.out, resume=args.resume, progress=not args.json, extra=extra)
     if args.json:

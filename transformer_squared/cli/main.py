@@ -22,6 +22,7 @@ COMMANDS = [
     "train",
     "adapt",
     "run",
+    "chat",
     "serve",
 ]
 

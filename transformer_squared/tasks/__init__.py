@@ -16,6 +16,7 @@ from ..errors import T2Error
 from .arc import ARC
 from .base import Example, Task, Verdict
 from .custom import custom_task
+from .dispatch import dispatch_task
 from .gsm8k import GSM8K
 from .hendrycks_math import MATH, MATH500
 from .humaneval import HumanEval
@@ -30,12 +31,13 @@ _TASKS: dict[str, Callable[..., Task]] = {
     "mbpp": lambda timeout=10.0: MBPP(sanitized=False, timeout=timeout),
     "mbpp-sanitized": lambda timeout=10.0: MBPP(sanitized=True, timeout=timeout),
     "humaneval": HumanEval,
+    "dispatch": dispatch_task,
 }
 
 
 def list_tasks() -> list[str]:
-    """Names of the built-in tasks (custom tasks are `custom:<path>`)."""
-    return list(_TASKS)
+    """Names of the built-in benchmarks (custom tasks are `custom:<path>`; `dispatch` is a meta-task over them)."""
+    return [n for n in _TASKS if n != "dispatch"]
 
 
 def get_task(name: str, **options) -> Task:

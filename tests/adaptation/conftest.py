@@ -1,0 +1,100 @@
+"""Fixtures for the adaptation tests: tiny random models (with and without the embedded model's tokenizer),
+expert sets made of random experts, and a saved tiny model directory for CLI tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformer_squared.adaptation.expert_set import ExpertSet
+from transformer_squared.adaptation.runtime import Runtime
+from transformer_squared.adapted import AdaptedModel
+from transformer_squared.experts import Expert
+from transformer_squared.models import LoadedModel
+from transformer_squared.testing import tiny_model
+
+DOMAINS = ("code", "math", "reasoning")
+
+
+def tiny_adapted(arch: str = "llama", seed: int = 0, tokenizer=None, model=None) -> AdaptedModel:
+    model = model if model is not None else tiny_model(arch, seed=seed)
+    lm = LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-{arch}-{seed}", source="local", path="")
+    return AdaptedModel.prepare(lm, cache=False, progress=False)
+
+
+def random_experts(am: AdaptedModel, std: float = 0.3) -> dict[str, Expert]:
+    return {d: Expert.random(am.shapes(), std, seed=i + 1, meta=am.expert_meta(domain=d))
+            for i, d in enumerate(DOMAINS)}
+
+
+@pytest.fixture
+def tiny_am():
+    return tiny_adapted()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded model's tokenizer (chat template), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from transformer_squared.models import resolve
+
+    path, _ = resolve("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_chat_model(tokenizer, seed: int = 0):
+    """A tiny random Llama over the embedded tokenizer's vocabulary: real chat templates, millisecond forwards."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            tie_word_embeddings=True)
+    model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def tiny_chat_lm(tokenizer, seed: int = 0) -> LoadedModel:
+    return LoadedModel(model=tiny_chat_model(tokenizer, seed), tokenizer=tokenizer, name=f"tiny-chat-{seed}",
+                       source="local", path="")
+
+
+@pytest.fixture
+def chat_am(smol_tokenizer):
+    return AdaptedModel.prepare(tiny_chat_lm(smol_tokenizer), cache=False, progress=False)
+
+
+@pytest.fixture
+def chat_runtime(chat_am):
+    return Runtime.build(chat_am, ExpertSet.from_experts(random_experts(chat_am)), batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A saved tiny chat model (HF directory) for `--model DIR` in CLI tests."""
+    path = tmp_path_factory.mktemp("tiny-chat-model")
+    tiny_chat_model(smol_tokenizer).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_experts_dir(tmp_path_factory, tiny_model_dir):
+    """DIR/<domain>/ random experts for the saved tiny model (made through the public loading path)."""
+    from transformer_squared.models import load_model
+
+    root = tmp_path_factory.mktemp("experts")
+    am = AdaptedModel.prepare(load_model(str(tiny_model_dir)), cache=False, progress=False)
+    for d, e in random_experts(am).items():
+        e.meta["name"] = d
+        e.save(root / d)
+    return root

@@ -1,0 +1,79 @@
+"""The dispatch task: balanced prompts from the experts' training splits, labels as answers, label rewards."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from transformer_squared.errors import T2Error
+from transformer_squared.tasks import get_task, list_tasks
+
+
+def test_balanced_seeded_and_drawn_from_training_splits_only(shared_data):
+    task = get_task("dispatch", per_domain=6)
+    train = task.load("train", shared_data)
+    assert Counter(ex.answer for ex in train) == {"code": 6, "math": 6, "reasoning": 6}
+    assert [ex.id for ex in train] == [ex.id for ex in task.load("train", shared_data)]
+    assert [ex.id for ex in train] != [ex.id for ex in get_task("dispatch", per_domain=6, seed=1).load(
+        "train", shared_data)]
+    train_ids = {ex.meta["source_id"] for ex in train}
+    for name in ("gsm8k", "mbpp", "arc-easy"):
+        source = get_task(name)
+        own = {ex.id for ex in source.load("train", shared_data)}
+        held = {ex.id for s in source.splits if s != "train" for ex in source.load(s, shared_data)}
+        mine = {ex.meta["source_id"] for ex in train if ex.meta["source_task"] == name}
+        assert mine <= own and not mine & held
+    for ex in train:
+        assert ex.id == f"dispatch/{ex.answer}/{ex.meta['source_id']}"
+    assert not train_ids & {ex.meta["source_id"] for ex in task.load("valid", shared_data)}
+    assert "dispatch" not in list_tasks()  # a meta-task, not a benchmark
+
+
+def test_prompt_is_the_domain_tasks_user_turn_and_reward_reads_the_label(shared_data):
+    task = get_task("dispatch", per_domain=2)
+    ex = next(e for e in task.load("test", shared_data) if e.answer == "reasoning")
+    messages = task.messages(ex)
+    assert messages[0]["role"] == "system" and "classify it into one of four categories" in messages[0]["content"]
+    assert messages[1]["content"] == ex.prompt and "Options:\nA. " in ex.prompt  # the ARC user turn
+    prefix = task.response_prefix(ex)
+    assert prefix == "Classification: \\boxed{" and prefix + task.sft_target(ex) == ex.solution
+    assert task.reward(ex, prefix + "reasoning}") == 1.0
+    assert task.reward(ex, prefix + "Logic}") == 1.0
+    assert task.reward(ex, prefix + "math}") == -1.0
+    assert task.reward(ex, "I don't know") == -1.0
+    plain = get_task("dispatch", per_domain=2, prefill=False)
+    assert plain.response_prefix(ex) == "" and plain.sft_target(ex) == ex.solution
+
+
+def test_domains_from_an_expert_set(tmp_path, shared_data):
+    layout = {"algebra": {"domain": "math"}, "coder/expert": {"domain": "code", "task": "mbpp-sanitized"},
+              "router-clf": {"task": "dispatch", "domain": "dispatch"},
+              "adapted": {"role": "fewshot", "domain": "math"}, "notes": None}
+    for name, meta in layout.items():
+        (tmp_path / name).mkdir(parents=True)
+        if meta is not None:
+            (tmp_path / name / "expert.json").write_text(json.dumps(meta))
+    from transformer_squared.adaptation.expert_set import scan
+
+    roles = {e.name: (e.role, e.domain) for e in scan(tmp_path)}
+    assert roles == {"algebra": ("task", "math"), "coder": ("task", "code"), "router-clf": ("dispatch", "dispatch"),
+                     "adapted": ("fewshot", "math")}
+    task = get_task("dispatch", experts=tmp_path, per_domain=3)
+    assert task.domains == {"code": "mbpp-sanitized", "math": "gsm8k"}
+    assert Counter(ex.meta["source_task"] for ex in task.load("train", shared_data)) == {
+        "mbpp-sanitized": 3, "gsm8k": 3}
+    custom = get_task("dispatch", domains={"math": "gsm8k", "science": "arc-challenge"})
+    assert "'math', 'science' or 'other'" in custom.messages(task.load("train", shared_data)[0])[0]["content"]
+
+
+def test_errors(tmp_path):
+    with pytest.raises(T2Error, match="either experts=DIR or domains"):
+        get_task("dispatch", experts=tmp_path, domains={"math": "gsm8k"})
+    (tmp_path / "medical").mkdir()
+    (tmp_path / "medical" / "expert.json").write_text(json.dumps({"domain": "medical"}))
+    with pytest.raises(T2Error, match="no default training task"):
+        get_task("dispatch", experts=tmp_path)
+    with pytest.raises(T2Error, match="no such experts directory"):
+        get_task("dispatch", experts=tmp_path / "nope")
+    with pytest.raises(T2Error, match="unknown task"):
+        get_task("dispatch", domains={"math": "gsm9k"})
