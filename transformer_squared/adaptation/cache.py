@@ -29,7 +29,9 @@ import torch
 from ..experts import Expert
 from ..svf import SVF, SVFLinear
 
-DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB: three SmolLM2-135M experts in fp32 (318 MB each)
+# 2 GiB: SmolLM2-135M's three experts and the dispatch expert in fp32 (318 MB each), so the classifier strategy's
+# pass-1/pass-2 switching never evicts (at 1 GiB, four experts in a three-entry LRU re-merge on every chunk).
+DEFAULT_CACHE_BYTES = 2 << 30
 
 
 def z_digest(z: Mapping[str, torch.Tensor]) -> str:

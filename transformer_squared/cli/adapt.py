@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="use experts trained on another model whose matrix shapes match")
     add_data_dir_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cache-mb", type=int, default=1024, help="memory for merged expert weights (default 1024)")
+    p.add_argument("--cache-mb", type=int, default=2048, help="memory for merged expert weights (default 2048)")
 
     g = p.add_argument_group("few-shot (CEM)")
     g.add_argument("--task", default=None, help="task to adapt to (gsm8k, math500, ..., custom:<file.jsonl>)")

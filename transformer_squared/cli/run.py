@@ -25,8 +25,8 @@ def add_strategy_args(p, *, required: bool = True) -> None:
     p.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=None,
                    help="start pass 1's reply with 'Classification: \\boxed{' (default: on for classifier, whose "
                         "dispatch expert is trained so; off for prompt, the paper's setting; helps small models)")
-    p.add_argument("--cache-mb", type=int, default=1024,
-                   help="memory for merged expert weights, so switching back to an expert is a copy (default 1024)")
+    p.add_argument("--cache-mb", type=int, default=2048,
+                   help="memory for merged expert weights, so switching back to an expert is a copy (default 2048)")
 
 
 def add_run_args(p) -> None:
