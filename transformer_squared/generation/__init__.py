@@ -1,0 +1,31 @@
+"""Batched generation: `Engine` (KV cache, greedy / top-p sampling, stop strings) and the optional vLLM backend.
+
+    from transformer_squared.generation import Engine, SamplingParams
+    engine = Engine(model, tokenizer, max_batch_size=16)
+    outs = engine.generate_chat([[{"role": "user", "content": "2+2?"}]], SamplingParams(max_new_tokens=32))
+    outs[0].text, outs[0].token_ids, outs[0].finish_reason
+
+Files: `params.py` (SamplingParams, Completion), `sampling.py` (greedy / top-p choice, stop strings),
+`engine.py` (batching, callbacks, stopping), `fast_llama.py` (Llama / Mistral / Qwen2 forward over the model's
+modules with a preallocated KV cache), `hf_runner.py` (any other causal LM through its HF forward),
+`vllm_backend.py` (optional, GPU, merged weights only).
+
+Greedy output equals `model.generate(do_sample=False)` on each prompt alone, token for token, up to fp32
+rounding (padding and batch shape change the last bits of the logits, which can flip a rare near-tie).
+
+Performance notes (SmolLM2-135M, fp32, 2-core CPU): a decoding step is ~80% matrix multiplies (every weight
+is read from memory once per step; the 49152 x 576 LM head alone is ~30% at batch 16), so the engine's gains
+over `model.generate` come from doing less besides them (no cache concatenation, no per-step mask building,
+fewer ops and parallel regions) and from dropping finished rows; it cannot beat the fp32 matmul cost. On an
+oversubscribed machine torch's 2 OpenMP threads can be several times slower than 1 (threads wait for each
+other at every op): there, `torch.set_num_threads(1)` in the application helps; the library does not change it.
+A bfloat16 model (`Engine(..., dtype=torch.bfloat16)`) is ~1.5x faster per step on CPUs with AVX512-BF16, but
+its greedy output is no longer identical to fp32's.
+"""
+
+from .engine import Engine, GenerationStats, chat_prompt_ids, encode_prompt, eos_token_ids
+from .params import Completion, SamplingParams
+from .vllm_backend import VLLMEngine
+
+__all__ = ["Completion", "Engine", "GenerationStats", "SamplingParams", "VLLMEngine", "chat_prompt_ids",
+           "encode_prompt", "eos_token_ids"]
