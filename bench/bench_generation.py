@@ -6,10 +6,12 @@ same left-padded batch. Reported per batch size:
 - s/step: median seconds of one decoding step while the batch is still full (compaction shrinks it later);
 - greedy_match: fraction of rows whose engine ids equal `generate`'s (fp32 rounding can flip a rare near-tie).
 `model.generate` keeps computing finished rows until the whole batch ends; the engine drops them, which is
-part of its speed-up on real prompts whose answers differ in length.
+part of its speed-up on real prompts whose answers differ in length. A last row times RL-style rollouts
+(--rollout rows: prompts repeated 8 times, sampled at temperature 1), where the engine prefills each prompt once.
 
     python bench/bench_generation.py [--model smollm2-135m-instruct] [--batch-sizes 1,16,64] [--new-tokens 64]
-                                     [--new-tokens-64 32] [--threads N] [--bf16] [--out bench/out/generation.json]
+                                     [--new-tokens-64 32] [--rollout 16] [--threads N] [--bf16]
+                                     [--out bench/out/generation.json]
 
 Timings on a shared 2-core machine depend on load (recorded as loadavg_start / loadavg_end): with other
 processes running, torch's 2 OpenMP threads can be several times slower than 1 (`--threads 1`).
@@ -79,7 +81,8 @@ class StepTimer:
         return scores
 
 
-def run_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int, eos: set[int]) -> dict:
+def run_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int, eos: set[int],
+                 temperature: float = 0.0) -> dict:
     from transformers import LogitsProcessorList
 
     T = max(len(p) for p in prompts)
@@ -91,8 +94,10 @@ def run_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int, 
     timer = StepTimer()
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=pad_id, logits_processor=LogitsProcessorList([timer]))
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else \
+            dict(do_sample=False)
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, pad_token_id=pad_id,
+                             logits_processor=LogitsProcessorList([timer]), **sampling)
         seconds = time.perf_counter() - t0
     rows = []
     for row in out[:, T:].tolist():
@@ -104,11 +109,11 @@ def run_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int, 
             "prefill_s": timer.times[0] - t0, "s_per_step": statistics.median(steps) if steps else None}
 
 
-def run_engine(engine, prompts: list[list[int]], new_tokens: int) -> dict:
+def run_engine(engine, prompts: list[list[int]], new_tokens: int, temperature: float = 0.0) -> dict:
     from transformer_squared.generation import SamplingParams
 
     t0 = time.perf_counter()
-    outs = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens))
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, temperature=temperature, seed=0))
     seconds = time.perf_counter() - t0
     st = engine.stats
     full = [s for r, s in zip(st.step_rows, st.step_s) if r == len(prompts)]
@@ -116,7 +121,8 @@ def run_engine(engine, prompts: list[list[int]], new_tokens: int) -> dict:
     return {"rows": [o.token_ids for o in outs], "tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "prefill_s": st.prefill_s, "decode_s": st.decode_s,
             "s_per_step": statistics.median(full) if full else None,
-            "s_per_step_mean": st.decode_s / len(st.step_s) if st.step_s else None}
+            "s_per_step_mean": st.decode_s / len(st.step_s) if st.step_s else None,
+            "prefill_rows": st.prefill_rows}
 
 
 def cpu_name() -> str:
@@ -137,6 +143,8 @@ def main() -> int:
     ap.add_argument("--new-tokens-64", type=int, default=32,
                     help="max new tokens at batch >= 64 (model.generate is slow there)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--rollout", type=int, default=16,
+                    help="also time RL-style sampling: this many rows, 8 samples per prompt (0: skip)")
     ap.add_argument("--bf16", action="store_true", help="also time the engine on a bfloat16 copy of the model")
     ap.add_argument("--out", default="bench/out/generation.json")
     args = ap.parse_args()
@@ -193,6 +201,17 @@ def main() -> int:
             b16 = row["engine_bf16"]
             print(f"{'':>5} bf16 engine: {b16['tokens_per_s']:.1f} tok/s, s/step {fmt(b16['s_per_step'])}, "
                   f"same ids as fp32: {b16['same_as_fp32']:.2f}")
+    if args.rollout:
+        # RL rollouts: each prompt sampled several times (temperature 1); the engine prefills each prompt once.
+        G, P = 8, max(1, args.rollout // 8)
+        batch = [p for p in prompts[:P] for _ in range(G)]
+        e = run_engine(Engine(model, tok, max_batch_size=len(batch)), batch, args.new_tokens, temperature=1.0)
+        g = run_generate(model, batch, args.new_tokens, pad_id, eos, temperature=1.0)
+        e.pop("rows"), g.pop("rows")
+        res["rollout"] = {"prompts": P, "samples_per_prompt": G, "new_tokens": args.new_tokens, "engine": e,
+                          "generate": g, "speedup": e["tokens_per_s"] / g["tokens_per_s"]}
+        print(f"rollout {P}x{G} sampled, {args.new_tokens} new: engine {e['tokens_per_s']:.1f} tok/s, generate "
+              f"{g['tokens_per_s']:.1f} tok/s: {res['rollout']['speedup']:.2f}x", flush=True)
     res["loadavg_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, res)

@@ -72,6 +72,22 @@ def test_greedy_matches_generate(arch):
             assert o.finish_reason == ("stop" if o.token_ids[-1] in engine.eos else "length")
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_repeated_prompts_share_one_prefill(arch):
+    model = tiny_model(arch)
+    a, b = random_prompts([6, 6], seed=3)
+    prompts = [a, b, a, a, b]  # RL-style repeats, interleaved
+    engine = Engine(model, None)
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=10))
+    assert engine.stats.prefill_rows == 2
+    assert [o.token_ids for o in outs] == [reference(model, p, 10) for p in prompts]
+    sampled = engine.generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=0))
+    assert len({tuple(o.token_ids) for o in sampled}) > 2  # repeats still get their own samples
+    # With per-row callbacks every row is prefilled (its state may differ).
+    engine.generate(prompts, SamplingParams(max_new_tokens=2), on_batch_start=lambda i: None)
+    assert engine.stats.prefill_rows == 5
+
+
 def test_fast_path_is_used_for_llama_family_only():
     assert fast_path_problem(tiny_model("llama"), 64) is None
     assert fast_path_problem(tiny_model("qwen2"), 64) is None

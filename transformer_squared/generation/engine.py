@@ -42,6 +42,7 @@ class GenerationStats:
     prompts: int = 0
     batches: int = 0
     new_tokens: int = 0
+    prefill_rows: int = 0  # prompts actually run through prefill (repeats of a prompt share one)
     prefill_s: float = 0.0  # prompt forward passes, incl. the first token's logits
     decode_s: float = 0.0  # one-token steps, incl. sampling and stop checks
     step_rows: list[int] = field(default_factory=list)  # rows computed in each step
@@ -156,7 +157,7 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise T2Error("stop strings need a tokenizer; pass one to Engine")
         ids = [self._encode(p) for p in prompts]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))  # by length; repeats adjacent
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -174,7 +175,8 @@ class Engine:
                 batch = order[start : start + self.max_batch_size]
                 if on_batch_start is not None:
                     on_batch_start(torch.tensor(batch, dtype=torch.long))
-                outs = self._generate_batch([ids[i] for i in batch], params, generator, on_reindex)
+                outs = self._generate_batch([ids[i] for i in batch], params, generator, on_reindex,
+                                            share_prefill=on_batch_start is None and on_reindex is None)
                 for i, out in zip(batch, outs):
                     results[i] = out
                 if bar is not None:
@@ -193,16 +195,35 @@ class Engine:
             raise T2Error("chat prompts need a tokenizer; pass one to Engine")
         return self.generate([chat_prompt_ids(self.tokenizer, c) for c in conversations], params, **kw)
 
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, on_reindex):
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
-        for b, p in enumerate(prompts):  # left padding
+        for b, p in enumerate(prompts):
             input_ids[b, T - len(p) :] = torch.tensor(p)
             mask[b, T - len(p) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        return input_ids.to(self.device), mask.to(self.device)  # (B, T) each
 
+    def _prefill(self, runner, prompts: list[list[int]], max_new_tokens: int, share: bool) -> torch.Tensor:
+        """Prefill the batch; returns the first logits (B, V). With `share`, a prompt repeated in the batch
+        (RL samples several completions per prompt) is computed once and its cache copied to the repeats."""
+        B = len(prompts)
+        first: dict[tuple[int, ...], int] = {}
+        index = [first.setdefault(tuple(p), len(first)) for p in prompts] if share else []
+        if share and len(first) < B:
+            logits = runner.start(*self._left_pad([list(p) for p in first]), max_new_tokens, capacity=B)
+            if runner.can_drop_rows:  # else this model's cache cannot copy rows: prefill them all below
+                index_t = torch.tensor(index, dtype=torch.long, device=self.device)
+                runner.repeat(index_t)
+                self.stats.prefill_rows += len(first)
+                return logits[index_t]
+        self.stats.prefill_rows += B
+        return runner.start(*self._left_pad(prompts), max_new_tokens)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, on_reindex, *,
+                        share_prefill: bool = False):
+        B, T = len(prompts), max(len(p) for p in prompts)
         stops = StopStrings(self.tokenizer, params.stop)
         generated: list[list[int]] = [[] for _ in range(B)]
         reasons: list[str | None] = [None] * B
@@ -211,7 +232,7 @@ class Engine:
         stats.batches += 1
         t0 = time.perf_counter()
         runner = self._runner(T + params.max_new_tokens)
-        logits = runner.start(input_ids, mask, params.max_new_tokens)
+        logits = self._prefill(runner, prompts, params.max_new_tokens, share_prefill)
         for step in range(params.max_new_tokens):
             tokens = next_tokens(logits, params, generator)  # (n,)
             live = []

@@ -81,14 +81,17 @@ class LlamaRunner:
         self.n_rep = self.n_heads // self.n_kv
 
     @torch.no_grad()
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Prefill a left-padded batch; returns the logits (B, V) for the first new token."""
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
+              capacity: int | None = None) -> torch.Tensor:
+        """Prefill a left-padded batch; returns the logits (B, V) for the first new token. `capacity`: rows to
+        allocate the cache for (>= B), when `repeat` will grow the batch."""
         B, T = input_ids.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         L = T + max_new_tokens
         x = self.embed(input_ids)  # (B, T, C)
         dtype, device = x.dtype, x.device
-        self.kv = torch.empty(len(self.layers), 2, B, Hkv, L, D, dtype=dtype, device=device)
+        capacity = max(B, capacity or B)
+        self.kv = torch.empty(len(self.layers), 2, capacity, Hkv, L, D, dtype=dtype, device=device)
         cos, sin = self.rotary(x, torch.arange(L, device=device)[None])  # (1, L, D) each
         self.cos, self.sin = cos[0], sin[0]  # (L, D)
         mask = attention_mask.bool()  # (B, T)
@@ -97,8 +100,8 @@ class LlamaRunner:
         self.length = T  # filled cache slots (shared by all rows: padding is on the left)
         self.padded = not bool(mask.all())
         # Additive key mask for decoding: -inf on padding slots. (B, 1, 1, L)
-        self.key_bias = torch.zeros(B, 1, 1, L, dtype=dtype, device=device)
-        self.key_bias[:, 0, 0, :T].masked_fill_(~mask, float("-inf"))
+        self.key_bias = torch.zeros(capacity, 1, 1, L, dtype=dtype, device=device)
+        self.key_bias[:B, 0, 0, :T].masked_fill_(~mask, float("-inf"))
         if self.padded:
             causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
             # Padding slots attend to themselves only, so their (unused) rows stay finite.
@@ -112,8 +115,8 @@ class LlamaRunner:
             k = attn.k_proj(h).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
             v = attn.v_proj(h).view(B, T, Hkv, D).transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.kv[i, 0, :, :, :T] = k
-            self.kv[i, 1, :, :, :T] = v
+            self.kv[i, 0, :B, :, :T] = k
+            self.kv[i, 1, :B, :, :T] = v
             if self.padded:
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, scale=attn.scaling,
                                                    enable_gqa=self.n_rep > 1)
@@ -153,6 +156,18 @@ class LlamaRunner:
     def release(self) -> None:
         """Free the KV cache."""
         self.kv = self.key_bias = None
+
+    def repeat(self, index: torch.Tensor) -> None:
+        """Row j becomes a copy of row index[j] (non-decreasing, index[j] <= j, len(index) <= capacity), in place:
+        one prefill serves repeated prompts."""
+        t = self.length
+        idx = index.tolist()
+        for dst in reversed(range(len(idx))):  # dst >= src: a row is read before anything overwrites it
+            src = idx[dst]
+            if src != dst:
+                self.kv[:, :, dst, :, :t] = self.kv[:, :, src, :, :t]
+                self.key_bias[dst] = self.key_bias[src]
+        self.pos = self.pos[index]
 
     def keep(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (ascending positions among the live rows), moving them to the front in place."""

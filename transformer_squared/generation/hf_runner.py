@@ -32,8 +32,10 @@ class HFRunner:
         return out.logits[:, -1]  # (B, V)
 
     @torch.no_grad()
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Prefill a left-padded batch; returns the logits (B, V) for the first new token."""
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
+              capacity: int | None = None) -> torch.Tensor:
+        """Prefill a left-padded batch; returns the logits (B, V) for the first new token. (`capacity` is
+        accepted for the runner interface; the HF cache grows as needed.)"""
         self.mask = attention_mask.long()  # (B, T), grows by one column per step
         pos = (self.mask.cumsum(-1) - 1).masked_fill(self.mask == 0, 0)  # (B, T), as in `generate`
         self.pos = pos[:, -1:] + 1  # (B, 1)
@@ -54,6 +56,10 @@ class HFRunner:
     def release(self) -> None:
         """Free the KV cache."""
         self.cache = None
+
+    def repeat(self, index: torch.Tensor) -> None:
+        """Row j becomes a copy of row index[j] (needs `can_drop_rows`)."""
+        self.keep(index)
 
     def keep(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (positions among the live rows)."""
