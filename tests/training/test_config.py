@@ -1,0 +1,54 @@
+"""TrainConfig: per-method defaults, one-line errors for inconsistent options, the CLI mirrors the fields."""
+
+import dataclasses
+
+import pytest
+
+from transformer_squared.cli.main import build_parser
+from transformer_squared.errors import T2Error
+from transformer_squared.training import TrainConfig
+from transformer_squared.training.loop import lr_lambda
+
+
+def test_per_method_defaults_are_resolved():
+    svf = TrainConfig(out="x").resolved(task_max_new_tokens=512)
+    assert (svf.lr, svf.grad_clip, svf.max_new_tokens, svf.checkpoint_every) == (2e-3, 1e-3, 512, 10)
+    lora = TrainConfig(out="x", method="lora", lr=1e-4).resolved(task_max_new_tokens=300)
+    assert (lora.lr, lora.grad_clip, lora.max_new_tokens) == (1e-4, 1.0, 300)
+
+
+def test_the_papers_recipe_is_the_default():
+    c = TrainConfig(out="x")
+    assert (c.method, c.objective, c.temperature, c.samples_per_prompt, c.kl_coef, c.wrong_reward) == \
+        ("svf", "rl", 0.0, 1, 0.0, -1.0)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(method="full"), "--method"),
+    (dict(steps=0), "--steps"),
+    (dict(samples_per_prompt=4), "temperature"),
+    (dict(lr=-1.0), "--lr"),
+    (dict(out=""), "--out"),
+    (dict(resume=True, overwrite=True), "contradict"),
+    (dict(valid_limit=-5), "--valid-limit"),
+])
+def test_inconsistent_options_are_one_line_errors(bad, match):
+    with pytest.raises(T2Error, match=match) as e:
+        TrainConfig(**{"out": "x", **bad})
+    assert "\n" not in str(e.value)
+
+
+def test_cosine_schedule_decays_from_full_lr_and_warmup_ramps():
+    f = lr_lambda(TrainConfig(out="x", steps=4))
+    assert [round(f(s), 4) for s in range(4)] == [1.0, 0.8536, 0.5, 0.1464]
+    g = lr_lambda(TrainConfig(out="x", steps=10, warmup_steps=2, schedule="constant"))
+    assert [g(s) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_cli_options_mirror_the_config_fields():
+    args = build_parser().parse_args(["train", "--out", "o", "--kl-coef", "0.2", "--no-progress",
+                                      "--samples-per-prompt", "4", "--temperature", "0.7"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)}
+    assert fields <= set(vars(args))
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    assert (config.kl_coef, config.progress, config.samples_per_prompt, config.temperature) == (0.2, False, 4, 0.7)

@@ -1,0 +1,383 @@
+"""The recipe: `train(TrainConfig(...)) -> TrainResult`, top to bottom.
+
+Each step: draw this rank's shard of the batch → (RL) roll out with the merged policy and score with the task /
+(SFT) take the reference replies → one gradient pass in micro-batches → sum gradients over ranks → clip →
+AdamW → refresh the merged weights. Every `eval_every` steps: greedy accuracy on a fixed validation subset,
+keeping the best state. At the end: the best state is scored on the test subset and saved as the expert.
+
+How this departs from the paper's SVF-RL (SPEC §2), in order:
+
+1. The KL penalty is exact over the vocabulary at each generated position (see `losses.py`), direction
+   KL(π_θ ‖ π_base); the paper states λ but not the estimator. Default λ = 0, as in the reference code.
+2. Optional leave-one-out baseline (`--samples-per-prompt G > 1` with `--temperature > 0`); the default G = 1,
+   temperature 0 is the paper's recipe: greedy rollouts, advantage = reward, no baseline.
+3. Adam(W) with weight decay 0 by default: decoupled decay would pull z towards 0, where z = 1 is the base.
+   Cosine decay to 0 by default (paper), `--schedule constant` for the reference code's behaviour.
+4. The batch defaults to 16 prompts, not 256, so that CPU runs finish; gradient-norm clip 1e-3 as in the paper.
+5. Early stopping is "keep the best validation step" on a fixed subset (`--valid-limit`, default 50) evaluated
+   every `--eval-every` steps and at the last step; the test score reported is that of the best step.
+   A run shorter than `--eval-every` steps is a smoke run: it skips validation and test scoring and saves the
+   last state (pass `--eval-every 1` to score it anyway).
+6. z is trained in the `direct` parametrization by default (z starts at exactly 1); `--parametrization
+   reference` gives the paper code's sigmoid + nuclear-norm rescale.
+
+Defaults are sized for CPU runs (validation on 50 examples every 10 steps, test on 100): pass
+`--valid-limit -1 --test-limit -1` for the full splits. On CPU, torch gets one thread per idle core unless
+`--threads` or OMP_NUM_THREADS says otherwise (see `_set_threads`). Untested on GPU (`--device cuda --dtype
+bf16` is written for it: every tensor follows the model's device, SVF math stays fp32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..errors import T2Error
+from ..fileio import append_jsonl, atomic_write_text
+from ..generation import Engine, SamplingParams
+from ..models import LoadedModel, load_model
+from ..svf import ZInit
+from ..tasks import Task, get_task
+from . import checkpoint, distributed
+from .config import TrainConfig
+from .distributed import Dist
+from .evaluate import accuracy, limit
+from .losses import kl_to_base, reinforce_loss, sft_loss, token_logprobs
+from .rollout import Batch, DataOrder, hash_seed, rollouts, sft_batches
+from .sequences import completion_logits, micro_batches, pack
+
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+EXPERT = "expert"
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (paths are under `out`)."""
+
+    out: Path
+    expert: Path | None  # None when the run stopped early (`stop_after`)
+    steps: int  # steps completed
+    best_step: int | None
+    valid: list[dict] = field(default_factory=list)  # [{"step", "accuracy", "n", ...}]
+    test: dict | None = None  # {"n", "correct", "accuracy", "ci95"} of the best step
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def make_policy(cfg: TrainConfig, lm: LoadedModel, progress: bool):
+    """The trainable policy for `cfg.method` on `lm.model` (modified in place until `policy.close()`)."""
+    if cfg.method == "svf":
+        from ..adapted import AdaptedModel
+        from .policy import SVFPolicy
+
+        am = AdaptedModel.prepare(lm, cfg.targets, progress=progress)
+        return SVFPolicy(am, ZInit(parametrization=cfg.parametrization), seed=cfg.seed)
+    from .lora import LoRAPolicy
+
+    return LoRAPolicy(lm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                      targets=cfg.lora_targets, seed=cfg.seed)
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the base lr at scheduler step s (0-based): linear warmup, then cosine to 0 or constant."""
+    def f(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (s - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def gradient_pass(policy, batch: Batch, cfg: TrainConfig, normalizer: float, pad_id: int,
+                  device: torch.device) -> dict[str, float]:
+    """Forward/backward over the batch in micro-batches; leaves ∂loss/∂params in `.grad`. Returns sums."""
+    sums: dict[str, float] = defaultdict(float)
+    rl = cfg.objective == "rl"
+    G = cfg.samples_per_prompt if rl else 1  # rollouts come in runs of G sharing a prompt
+    with policy.grad_pass():
+        for index in micro_batches(batch.prompts, batch.completions, cfg.micro_batch_tokens, G):
+            packed = pack(batch.prompts, batch.completions, pad_id, index, device)
+            base_logp = None
+            if rl and cfg.kl_coef > 0:
+                with policy.reference():
+                    _, base_logp = token_logprobs(completion_logits(policy.model, packed, G), packed.tokens)
+            tok_logp, logp = token_logprobs(completion_logits(policy.model, packed, G), packed.tokens)  # (N, Tc)
+            if rl:
+                kl = kl_to_base(logp, base_logp, packed.mask) if base_logp is not None else None
+                adv = batch.advantages[index].to(device)  # (N,)
+                loss, parts = reinforce_loss(tok_logp, packed.mask, adv, normalizer, kl, cfg.kl_coef)
+            else:
+                loss, parts = sft_loss(tok_logp, packed.mask, normalizer)
+            loss.backward()
+            sums["loss"] += float(loss.detach())
+            for k, v in parts.items():
+                sums[k] += v
+    return sums
+
+
+def optimizer_step(policy, optimizer, scheduler, cfg: TrainConfig, d: Dist) -> tuple[float, float]:
+    """Sum gradients over ranks, clip, step, refresh the merged weights. Returns (grad norm, lr used)."""
+    params = policy.parameters()
+    distributed.all_reduce_grads(params, d)
+    max_norm = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    policy.after_update()
+    return norm, lr
+
+
+def train(config: TrainConfig, *, model: LoadedModel | None = None, task: Task | None = None) -> TrainResult:
+    """Train one expert as `config` says; `model` / `task` override `config.model` / `config.task` (tests)."""
+    t_start = time.perf_counter()
+    d = distributed.setup(config.device)
+    _set_threads(config.threads, d)
+    try:
+        return _train(config, d, model, task, t_start)
+    finally:
+        if d.owned:
+            distributed.teardown()
+
+
+def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task | None, t_start: float):
+    task = task or get_task(config.task)
+    cfg = config.resolved(task.max_new_tokens)
+    out = Path(cfg.out)
+    _prepare_out(out, cfg, d)
+    random.seed(hash_seed(cfg.seed, d.rank))
+    torch.manual_seed(hash_seed(cfg.seed, d.rank))
+
+    train_set = limit(_load(task, cfg.train_split, cfg), cfg.train_limit)
+    evaluate = cfg.steps >= cfg.eval_every  # shorter runs are smoke runs: nothing to select, not worth scoring
+    valid_set = limit(_load(task, cfg.valid_split, cfg), cfg.valid_limit) if cfg.valid_limit and evaluate else []
+    test_set = limit(_load(task, cfg.test_split, cfg), cfg.test_limit) if cfg.test_limit and evaluate else []
+    if cfg.batch_size < d.world:
+        raise T2Error(f"--batch-size {cfg.batch_size} is smaller than the {d.world} ranks; each rank needs a prompt")
+
+    if model is None:
+        model = load_model(cfg.model, dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
+                           device=d.device)
+    else:
+        model.model.to(d.device)
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    identity = None
+    if cfg.method == "lora":  # (SVF experts get it from the adapted model) the weights' fingerprint, before LoRA
+        from ..adapted import base_meta
+
+        identity = base_meta(model, "mlp")["base_model"]
+    policy = make_policy(cfg, model, progress=cfg.progress and d.main)
+    try:
+        return _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, out, t_start, identity)
+    finally:
+        policy.close()
+
+
+def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, out, t_start,
+         identity) -> TrainResult:
+    params = policy.parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    order = DataOrder(len(train_set), cfg.seed)
+    history: list[dict] = []
+    valid: list[dict] = []
+    best: dict[str, Any] = {"step": None, "accuracy": -1.0, "state": None}
+    step = 0
+    if cfg.resume:
+        step = _restore(out / CHECKPOINT, cfg, d, policy, optimizer, scheduler, order, history, valid, best)
+        if d.main:
+            atomic_write_text(out / METRICS, "".join(_jsonl(r) for r in history))  # drop rows past the checkpoint
+
+    engine = Engine(policy.generation_model, model.tokenizer, max_batch_size=cfg.eval_batch_size)
+    if cfg.objective == "rl":
+        params_ = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, stop=tuple(task.stop))
+        batches = rollouts(policy, engine, model.tokenizer, task, train_set, order, batch_size=cfg.batch_size,
+                           samples_per_prompt=cfg.samples_per_prompt, params=params_,
+                           wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=step, d=d)
+    else:
+        batches = sft_batches(model.tokenizer, task, train_set, order, batch_size=cfg.batch_size, d=d)
+
+    bar = _progress(cfg, d, step)
+    interrupted = False
+    while step < cfg.steps:
+        step += 1
+        t0 = time.perf_counter()
+        batch = next(batches)
+        if cfg.objective == "rl":
+            normalizer = float(cfg.batch_size * cfg.samples_per_prompt)
+        else:
+            normalizer = max(1.0, distributed.sum_floats([batch.completion_tokens], d)[0])
+        sums = gradient_pass(policy, batch, cfg, normalizer, pad_id, d.device)
+        norm, lr = optimizer_step(policy, optimizer, scheduler, cfg, d)
+        row = _row(step, sums, batch, norm, lr, cfg, d, time.perf_counter() - t0)
+        if valid_set and (step % cfg.eval_every == 0 or step == cfg.steps):
+            summary = accuracy(policy, engine, model.tokenizer, task, valid_set, max_new_tokens=cfg.max_new_tokens, d=d)
+            valid.append({"step": step, **summary})
+            row["valid_accuracy"] = summary["accuracy"]
+            if summary["accuracy"] > best["accuracy"]:
+                best.update(step=step, accuracy=summary["accuracy"], state=policy.state())
+        history.append(row)
+        if d.main:
+            append_jsonl(out / METRICS, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "accuracy", "valid_accuracy") if k in row})
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _save_checkpoint(out / CHECKPOINT, cfg, d, model, policy, optimizer, scheduler, order, step, history,
+                             valid, best)
+        if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
+            interrupted = True
+            break
+    if bar is not None:
+        bar.close()
+    if d.main:
+        _plot_curves(out / CURVES, history, task.name, cfg)
+    if interrupted:
+        return TrainResult(out, None, step, best["step"], valid, None, time.perf_counter() - t_start, True)
+
+    if best["state"] is not None:
+        policy.load_state(best["state"])
+    selected = best["step"] if best["state"] is not None else step
+    test = None
+    if test_set:
+        test = accuracy(policy, engine, model.tokenizer, task, test_set, max_new_tokens=cfg.max_new_tokens, d=d)
+    expert = out / EXPERT
+    if d.main:
+        meta = {"name": task.domain or task.name, "task": task.name, "domain": task.domain,
+                "method": cfg.method, "objective": cfg.objective, "parametrization": cfg.parametrization,
+                "library_version": __version__,
+                "training": {"config": cfg.to_dict(), "steps": step, "world_size": d.world},
+                "metrics": {"selected_step": selected, "selection": "best_valid" if best["state"] is not None
+                            else "last", "valid_split": cfg.valid_split, "valid": valid,
+                            "test_split": cfg.test_split, "test": test}}
+        if identity is not None:
+            meta["base_model"] = identity
+        policy.save(expert, meta)
+    distributed.barrier(d)
+    return TrainResult(out, expert, step, best["step"], valid, test, time.perf_counter() - t_start)
+
+
+def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: TrainConfig, d: Dist,
+         seconds: float) -> dict:
+    """One metrics.jsonl line: means over the global batch."""
+    n_local = batch.size
+    keys = ["loss", "kl", "logp"]
+    local = [sums.get(k, 0.0) for k in keys] + [n_local, batch.completion_tokens,
+                                                 float(batch.rewards.sum()), float(batch.correct.sum())]
+    loss, kl, logp, n, tokens, reward, correct = distributed.sum_floats(local, d)
+    row = {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "seconds": round(seconds, 3),
+           "tokens": int(tokens)}
+    if cfg.objective == "rl":
+        row.update(reward=reward / n, accuracy=correct / n, logp=logp / n)
+        if cfg.kl_coef > 0:
+            row["kl"] = kl / n
+    return row
+
+
+def _load(task: Task, split: str, cfg: TrainConfig):
+    if split not in task.splits:
+        raise T2Error(f"task {task.name!r} has no split {split!r} (it has {', '.join(task.splits)}); "
+                      f"pick one with --train-split/--valid-split/--test-split, or 0 for --valid-limit/--test-limit")
+    examples = task.load(split, cfg.data_dir)
+    if not examples:
+        raise T2Error(f"task {task.name!r}: split {split!r} is empty")
+    return examples
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, d: Dist) -> None:
+    """Refuse to mix two runs in one directory unless resuming or overwriting."""
+    existing = [p for p in (out / METRICS, out / CHECKPOINT, out / EXPERT) if p.exists()]
+    if cfg.resume:
+        if not (out / CHECKPOINT).is_dir():
+            raise T2Error(f"{out}: no checkpoint to resume from; run without --resume to start")
+        return
+    if existing and not cfg.overwrite:
+        raise T2Error(f"{out} already holds a training run ({existing[0].name}); pass --resume to continue it, "
+                      f"--overwrite to replace it, or choose another --out")
+    distributed.barrier(d)
+    if existing and d.main:
+        for p in existing + [out / CURVES]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    distributed.barrier(d)
+
+
+def _save_checkpoint(directory, cfg, d, model, policy, optimizer, scheduler, order, step, history, valid, best):
+    rngs = distributed.gather_objects(checkpoint.rng_state(), d)
+    if d.main:
+        state = {"step": step, "world_size": d.world, "policy": policy.state(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "data": order.state_dict(), "rng": rngs, "history": history, "valid": valid,
+                 "best": {"step": best["step"], "accuracy": best["accuracy"], "state": best["state"]}}
+        checkpoint.save(directory, state, {"config": cfg.recipe(), "base_model": model.identity(), "step": step})
+    distributed.barrier(d)
+
+
+def _restore(directory, cfg, d, policy, optimizer, scheduler, order, history, valid, best) -> int:
+    state, info = checkpoint.load(directory)
+    checkpoint.check_same_recipe(info.get("config", {}), cfg.recipe(), directory)
+    if state["world_size"] != d.world:
+        raise T2Error(f"{directory} was written by {state['world_size']} rank(s), this run has {d.world}; "
+                      f"resume with the same number of processes")
+    policy.load_state(state["policy"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    order.load_state_dict(state["data"])
+    checkpoint.set_rng_state(state["rng"][d.rank])
+    history[:] = state["history"]
+    valid[:] = state["valid"]
+    best.update(state["best"])
+    return int(state["step"])
+
+
+def _set_threads(threads: int | None, d: Dist) -> None:
+    """Explicit `threads`, else (on CPU, without OMP_NUM_THREADS) one per idle core: on a shared 2-core machine
+    with other work running, two OpenMP threads made a 2-step smoke run take 106 s instead of 32 s."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif d.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and hasattr(os, "getloadavg"):
+        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), int(idle + 0.5))))
+
+
+def _progress(cfg: TrainConfig, d: Dist, start: int):
+    if not (cfg.progress and d.main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.method}-{cfg.objective}", unit="step")
+
+
+def _plot_curves(path: Path, history: list[dict], title: str, cfg: TrainConfig) -> None:
+    from ..plots import plot_curves
+
+    keys = ["reward", "accuracy", "valid_accuracy", "loss", "kl", "grad_norm"]
+    series = {k: [(r["step"], r[k]) for r in history if k in r] for k in keys}
+    if any(series.values()):
+        plot_curves(series, path, title=f"{title}: {cfg.method} {cfg.objective}")
+
+
+def _jsonl(row: dict) -> str:
+    import json
+
+    return json.dumps(row) + "\n"

@@ -1,0 +1,64 @@
+"""The objectives, as pure functions of tensors: REINFORCE (+ leave-one-out advantage), KL to the base, NTP.
+
+Shapes: N sequences in a micro-batch, T completion positions (right-padded), V the vocabulary. `logits` are
+the model's predictions *for* the completion tokens (position t predicts `tokens[:, t]`); `mask` is 1 on real
+completion tokens. Every loss is a *sum* over the micro-batch divided by a `normalizer` that counts the whole
+global batch (sequences for RL, target tokens for SFT), so adding micro-batch and rank gradients gives exactly
+the gradient of the batch mean.
+
+KL: direction KL(π_θ ‖ π_base), as in SPEC §2's J(z) = E[r·log π] − λ·KL(π_W' ‖ π_W). It is computed exactly
+over the vocabulary at every generated position, given the rolled-out prefix, and summed over the sequence's
+tokens: KL_seq = Σ_t Σ_v π_θ(v|ŷ<t) (log π_θ(v|ŷ<t) − log π_base(v|ŷ<t)). Unlike a sampled-token estimator it
+needs no samples from π_θ (the paper's rollouts are greedy), has no variance, and its gradient is exact at the
+visited prefixes (it ignores how θ changes which prefixes are visited, as per-token KL penalties do).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token) per position, and the full log-softmax. logits (N, T, V), tokens (N, T) → (N, T), (N, T, V)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (N, T, V)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logp  # (N, T), (N, T, V)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantage within each group: A_i = r_i − mean_{j≠i} r_j. rewards (P, G) → (P, G).
+
+    G = 1 has no other sample to compare with: the advantage is the reward itself (the paper's recipe).
+    """
+    P, G = rewards.shape
+    if G == 1:
+        return rewards.clone()
+    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)  # (P, G)
+    return rewards - others
+
+
+def kl_to_base(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence Σ_t KL(π_θ(·|t) ‖ π_base(·|t)). logp, base_logp (N, T, V) log-softmaxes; mask (N, T) → (N,)."""
+    per_token = (logp.exp() * (logp - base_logp)).sum(-1)  # (N, T)
+    return (per_token * mask).sum(-1)  # (N,)
+
+
+def reinforce_loss(token_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, normalizer: float,
+                   kl: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """SPEC §2: loss = Σ_i [−A_i · Σ_t log π(ŷ_it) + λ·KL_i] / normalizer.
+
+    token_logp (N, T), mask (N, T), advantages (N,), kl (N,) or None. Returns (loss, metrics of this part).
+    """
+    seq_logp = (token_logp * mask).sum(-1)  # (N,)
+    loss = -(advantages * seq_logp).sum()
+    metrics = {"logp": float(seq_logp.detach().sum())}
+    if kl is not None:
+        loss = loss + kl_coef * kl.sum()
+        metrics["kl"] = float(kl.detach().sum())
+    return loss / normalizer, metrics
+
+
+def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict]:
+    """Next-token prediction on the target tokens: −Σ log π(y_t) / normalizer (the global target-token count)."""
+    nll = -(token_logp * mask).sum()
+    return nll / normalizer, {"nll": float(nll.detach())}
