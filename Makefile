@@ -7,6 +7,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.t2-installed
 DATA   ?= $(abspath ../shared/data)
 export T2_DATA_DIR ?= $(DATA)
+# On 2 shared cores, OpenMP threads that spin while waiting for each other made training 3-7x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-fast bench clean help
 

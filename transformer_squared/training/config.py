@@ -47,6 +47,8 @@ class TrainConfig:
     objective: str = _f("rl", "rl: REINFORCE on the task's reward; sft: next-token prediction on "
                               "task.sft_target", choices=OBJECTIVES)
     data_dir: str | None = _f(None, "benchmark data directory (default $T2_DATA_DIR, else the hub)")
+    experts: str | None = _f(None, "task dispatch: the expert set directory whose domains the dispatch "
+                                   "expert learns to name (prompts come from those experts' train splits)")
     targets: str = _f("mlp", "svf: matrices to adapt (mlp = paper default, attn, all, or patterns)")
     parametrization: str = _f("direct", "svf: direct (z starts at 1) or reference (the paper code's "
                                         "sigmoid + nuclear-norm rescale)", choices=("direct", "reference"))

@@ -160,7 +160,7 @@ def train(config: TrainConfig, *, model: LoadedModel | None = None, task: Task |
 
 
 def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task | None, t_start: float):
-    task = task or get_task(config.task)
+    task = task or get_task(config.task, **({"experts": config.experts} if config.experts else {}))
     cfg = config.resolved(task.max_new_tokens)
     out = Path(cfg.out)
     _prepare_out(out, cfg, d)
