@@ -1,0 +1,48 @@
+"""ServeConfig: where the server listens, how it batches, and the limits it enforces on requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ..errors import T2Error
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings. Validated on construction; a bad value raises `T2Error`."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on (default: loopback only)"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port)"})
+    max_batch_size: int = field(default=16, metadata={"help": "most requests decoded together in one batch"})
+    batch_wait_ms: float = field(default=10.0, metadata={"help": "after a request arrives, wait this long for more "
+                                                                  "to batch with it"})
+    max_queue: int = field(default=64, metadata={"help": "requests admitted at once (queued + generating); more "
+                                                          "get 429"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "longest prompt accepted, in tokens"})
+    max_tokens: int = field(default=512, metadata={"help": "largest max_tokens a request may ask for"})
+    default_max_tokens: int | None = field(default=None, metadata={"help": "max_tokens of a request that gives "
+                                                                         "none (None: min(256, max_tokens))"})
+    drain_timeout: float = field(default=30.0, metadata={"help": "on SIGINT/SIGTERM, seconds to let admitted "
+                                                                  "requests finish before cancelling them"})
+    merge_uniform: bool = field(default=True, metadata={"help": "a batch whose rows all use one expert runs on "
+                                                                 "merged W' (full speed) instead of per-row z"})
+
+    def __post_init__(self):
+        if self.default_max_tokens is None and isinstance(self.max_tokens, int):
+            object.__setattr__(self, "default_max_tokens", min(256, self.max_tokens))
+        positive = ("max_batch_size", "max_queue", "max_prompt_tokens", "max_tokens", "default_max_tokens")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise T2Error(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.port <= 65535:
+            raise T2Error(f"port must be in 0..65535, got {self.port}")
+        if self.batch_wait_ms < 0:
+            raise T2Error(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.drain_timeout < 0:
+            raise T2Error(f"drain_timeout must be >= 0, got {self.drain_timeout}")
+        if self.default_max_tokens > self.max_tokens:
+            raise T2Error(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
