@@ -25,3 +25,17 @@ def embedded(tmp_path_factory):
     from transformer_squared.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded model's tokenizer (chat template), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from transformer_squared.models import resolve
+
+    path, _ = resolve("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -23,6 +23,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write a figure as PNG atomically and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def deviation_table(z: Mapping[str, torch.Tensor]) -> tuple[list[int], list[str], torch.Tensor]:
     """Mean |z − 1| per (layer, matrix kind): rows are layers, columns kinds (NaN where absent)."""
     layers = sorted({layer_index(n) for n in z if layer_index(n) is not None})
@@ -46,12 +56,7 @@ def plot_expert(z: Mapping[str, torch.Tensor], path: str | Path, title: str = ""
     ax.set_ylabel("layer")
     ax.set_title(title or "mean |z − 1|", fontsize=10)
     fig.colorbar(im, ax=ax, label="mean |z − 1|")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "",
@@ -68,9 +73,4 @@ def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
     axes[-1, 0].set_xlabel(xlabel)
     if title:
         axes[0, 0].set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -51,3 +51,20 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
             if p.dim() >= 2:
                 p.normal_(0.0, 0.2)
     return model.to(dtype).eval()
+
+
+def tiny_chat_model(tokenizer, seed: int = 0):
+    """A tiny random Llama over a real tokenizer's vocabulary: real chat templates, millisecond forwards."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            tie_word_embeddings=True)
+    model = tf.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    return model.eval()

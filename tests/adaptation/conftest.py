@@ -11,7 +11,7 @@ from transformer_squared.adaptation.runtime import Runtime
 from transformer_squared.adapted import AdaptedModel
 from transformer_squared.experts import Expert
 from transformer_squared.models import LoadedModel
-from transformer_squared.testing import tiny_model
+from transformer_squared.testing import tiny_chat_model, tiny_model
 
 DOMAINS = ("code", "math", "reasoning")
 
@@ -31,36 +31,6 @@ def random_experts(am: AdaptedModel, std: float = 0.3) -> dict[str, Expert]:
 def tiny_am():
     return tiny_adapted()
 
-
-@pytest.fixture(scope="session")
-def smol_tokenizer():
-    """The embedded model's tokenizer (chat template), without loading its weights."""
-    from transformers import AutoTokenizer
-
-    from transformer_squared.models import resolve
-
-    path, _ = resolve("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def tiny_chat_model(tokenizer, seed: int = 0):
-    """A tiny random Llama over the embedded tokenizer's vocabulary: real chat templates, millisecond forwards."""
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            tie_word_embeddings=True)
-    model = tf.LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
-    return model.eval()
 
 
 def tiny_chat_lm(tokenizer, seed: int = 0) -> LoadedModel:

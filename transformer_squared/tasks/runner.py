@@ -14,6 +14,7 @@ from typing import Iterable
 from ..errors import T2Error
 from ..fileio import atomic_write_text
 from ..metrics import accuracy_summary
+from ._data import read_jsonl
 from .base import Task
 
 
@@ -22,17 +23,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise T2Error(f"{path}: no such predictions file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise T2Error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            rows.append(_check_prediction(row, f"{path}:{lineno}"))
-    return rows
+    return [_check_prediction(row, f"{path}:{row['_line']}") for row in read_jsonl(path)]
 
 
 def _check_prediction(row, at: str) -> dict:
