@@ -76,6 +76,16 @@ def where(path: Path | str, row: dict) -> str:
     return f"{path}:{row.get('_line', '?')}"
 
 
+def local_or_hub(data_dir: str | Path | None, relative: str, dataset: str, config: str | None,
+                 split: str) -> tuple[Path | str, Iterable[dict]]:
+    """(where, rows) of a JSONL file under the data directory, or, without one, of the hub dataset split."""
+    root = resolve_dir(data_dir)
+    if root is not None:
+        path = data_file(root, relative)
+        return path, read_jsonl(path)
+    return f"hub:{dataset}/{split}", hub_rows(dataset, config, split)
+
+
 def hub_rows(dataset: str, config: str | None, split: str) -> Iterable[dict]:
     """Rows of a hub dataset split, with a T2Error (not a traceback) when `datasets` or the hub is unavailable."""
     try:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import T2Error
-from ._data import data_file, hub_rows, need, pick_split, read_jsonl, resolve_dir, where
+from ._data import local_or_hub, need, pick_split, where
 from .base import Example, Task, Verdict
 from .scoring import extract_final_number, numbers_equal, parse_number
 
@@ -33,13 +33,7 @@ class GSM8K(Task):
     def load(self, split: str | None = None, data_dir: str | Path | None = None) -> list[Example]:
         split = pick_split(self, split)
         source = "test" if split == "test" else "train"
-        root = resolve_dir(data_dir)
-        if root is not None:
-            path = data_file(root, f"gsm8k/{source}.jsonl")
-            rows = read_jsonl(path)
-        else:
-            path = f"hub:openai/gsm8k/{source}"
-            rows = hub_rows("openai/gsm8k", "main", source)
+        path, rows = local_or_hub(data_dir, f"gsm8k/{source}.jsonl", "openai/gsm8k", "main", source)
         examples = []
         for index, row in enumerate(rows):
             if split == "train" and index % 2 or split == "valid" and not index % 2:

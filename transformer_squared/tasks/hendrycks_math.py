@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import T2Error
-from ._data import data_file, hub_rows, need, pick_split, read_jsonl, resolve_dir, where
+from ._data import data_file, hub_rows, local_or_hub, need, pick_split, read_jsonl, resolve_dir, where
 from .base import Example, Task, Verdict
 from .scoring import extract_math_answer, last_boxed, math_equal
 
@@ -83,13 +83,7 @@ class MATH500(_MathBase):
 
     def load(self, split: str | None = None, data_dir: str | Path | None = None) -> list[Example]:
         pick_split(self, split)
-        root = resolve_dir(data_dir)
-        if root is not None:
-            path = data_file(root, "math/math500_test.jsonl")
-            rows = read_jsonl(path)
-        else:
-            path = "hub:HuggingFaceH4/MATH-500/test"
-            rows = hub_rows("HuggingFaceH4/MATH-500", None, "test")
+        path, rows = local_or_hub(data_dir, "math/math500_test.jsonl", "HuggingFaceH4/MATH-500", None, "test")
         examples = []
         for row in rows:
             at = where(path, row)

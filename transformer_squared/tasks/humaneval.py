@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ._data import data_file, hub_rows, need, pick_split, read_jsonl, resolve_dir, where
+from ._data import local_or_hub, need, pick_split, where
 from .base import Example
 from .code import SYSTEM, CodeTask
 
@@ -38,13 +38,7 @@ class HumanEval(CodeTask):
 
     def load(self, split: str | None = None, data_dir: str | Path | None = None) -> list[Example]:
         pick_split(self, split)
-        root = resolve_dir(data_dir)
-        if root is not None:
-            path = data_file(root, "humaneval/HumanEval.jsonl")
-            rows = read_jsonl(path)
-        else:
-            path = "hub:openai/openai_humaneval/test"
-            rows = hub_rows("openai/openai_humaneval", None, "test")
+        path, rows = local_or_hub(data_dir, "humaneval/HumanEval.jsonl", "openai/openai_humaneval", None, "test")
         examples = []
         for row in rows:
             at = where(path, row)
