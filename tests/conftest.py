@@ -39,3 +39,14 @@ def smol_tokenizer():
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A saved tiny chat model (HF directory) for `--model DIR` in CLI tests."""
+    from transformer_squared.testing import tiny_chat_model
+
+    path = tmp_path_factory.mktemp("tiny-chat-model")
+    tiny_chat_model(smol_tokenizer).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path

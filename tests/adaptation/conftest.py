@@ -49,15 +49,6 @@ def chat_runtime(chat_am):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    """A saved tiny chat model (HF directory) for `--model DIR` in CLI tests."""
-    path = tmp_path_factory.mktemp("tiny-chat-model")
-    tiny_chat_model(smol_tokenizer).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def tiny_experts_dir(tmp_path_factory, tiny_model_dir):
     """DIR/<domain>/ random experts for the saved tiny model (made through the public loading path)."""
     from transformer_squared.models import load_model

@@ -24,16 +24,6 @@ from transformer_squared.testing import tiny_chat_model
 EXPERTS = ("math", "code")
 
 
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer):
-    """A saved tiny chat model (HF directory), for `t2 serve --model DIR`."""
-    path = tmp_path_factory.mktemp("tiny-serve-model")
-    tiny_chat_model(smol_tokenizer).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
-
-
 def save_random_experts(am: AdaptedModel, root, std: float) -> None:
     """DIR/<name>/ random experts (z = 1 + std·N(0, 1)) named after their domain."""
     for i, name in enumerate(EXPERTS):

@@ -96,6 +96,17 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def drop_rows(runner, live: list[int], tokens: torch.Tensor,
+              on_reindex: Callable[[torch.LongTensor], None] | None) -> torch.Tensor:
+    """Keep only the `live` rows of a running batch: the runner's cache, the per-row state (via `on_reindex`,
+    with the kept positions in ascending order) and the next input tokens, which are returned."""
+    keep = torch.tensor(live, dtype=torch.long, device=tokens.device)
+    runner.keep(keep)
+    if on_reindex is not None:
+        on_reindex(keep.cpu())
+    return tokens[keep]
+
+
 class Engine:
     """Batched generation with a KV cache for any HF causal LM (fast path for the Llama family).
 
@@ -264,12 +275,8 @@ class Engine:
             if not live or steps_left == 0:
                 break
             if len(live) < len(rows) and steps_left >= _MIN_STEPS_LEFT_TO_COMPACT and runner.can_drop_rows:
-                keep = torch.tensor(live, dtype=torch.long, device=self.device)
-                runner.keep(keep)
-                if on_reindex is not None:
-                    on_reindex(keep.cpu())
+                tokens = drop_rows(runner, live, tokens, on_reindex)
                 rows = [rows[pos] for pos in live]
-                tokens = tokens[keep]
             logits = runner.step(tokens)
         stats.new_tokens += sum(len(g) for g in generated)
         return [self._completion(generated[b], reasons[b] or "length", len(prompts[b]), stops) for b in range(B)]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..generation.engine import drop_rows
 from ..generation.fast_llama import LlamaRunner, fast_path_problem
 from ..generation.hf_runner import HFRunner
 from ..generation.params import SamplingParams
@@ -188,12 +189,8 @@ def decode(engine, rows: list[Row], *, on_reindex: Callable[[torch.LongTensor], 
             cancelled = any(rows[i].finish_reason == "cancelled" for i in running)
             drop = len(live) < len(running) and (left >= _MIN_STEPS_LEFT_TO_COMPACT or cancelled)
             if drop and getattr(runner, "can_drop_rows", True):
-                keep = torch.tensor(live, dtype=torch.long, device=device)
-                runner.keep(keep)
-                if on_reindex is not None:
-                    on_reindex(keep.cpu())
+                tokens = drop_rows(runner, live, tokens, on_reindex)
                 running = [running[p] for p in live]
-                tokens = tokens[keep]
             logits = runner.step(tokens)
     finally:
         engine.model.train(was_training)
