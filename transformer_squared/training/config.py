@@ -89,7 +89,7 @@ class TrainConfig:
     eval_every: int = _f(10, "validate (and keep the best) every K steps and at the last step; runs shorter "
                              "than K steps skip validation and test scoring")
     test_split: str = _f("test", "split the best expert is finally scored on")
-    test_limit: int = _f(100, "score the best expert on the first N test examples (-1: all, 0: skip)")
+    test_limit: int = _f(100, "score the best expert on N test examples, the seeded subset of `t2 eval --limit N` (-1: all, 0: skip)")
     eval_batch_size: int = _f(16, "prompts decoded together in rollouts and evaluation")
 
     # -- bookkeeping -------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch
 
 from .._version import __version__
 from ..errors import T2Error
+from ..evaluation import select_examples
 from ..fileio import append_jsonl, atomic_write_text
 from ..generation import Engine, SamplingParams
 from ..models import LoadedModel, load_model
@@ -170,7 +171,10 @@ def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task |
     train_set = limit(_load(task, cfg.train_split, cfg), cfg.train_limit)
     evaluate = cfg.steps >= cfg.eval_every  # shorter runs are smoke runs: nothing to select, not worth scoring
     valid_set = limit(_load(task, cfg.valid_split, cfg), cfg.valid_limit) if cfg.valid_limit and evaluate else []
-    test_set = limit(_load(task, cfg.test_split, cfg), cfg.test_limit) if cfg.test_limit and evaluate else []
+    # The test subset is `t2 eval --limit N`'s (seed 0, whatever the training seed), so base and trained models
+    # are scored on the same examples.
+    test_set = (select_examples(_load(task, cfg.test_split, cfg), None if cfg.test_limit < 0 else cfg.test_limit, 0)
+                if cfg.test_limit and evaluate else [])
     if cfg.batch_size < d.world:
         raise T2Error(f"--batch-size {cfg.batch_size} is smaller than the {d.world} ranks; each rank needs a prompt")
 
