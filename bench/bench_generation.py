@@ -1,7 +1,8 @@
 """Benchmark the generation engine against `model.generate`: tokens/s at batch 1, 16 and 64.
 
 Both decode the same chat prompts greedily (EOS on, fp32) in one process, engine first, then `generate` on the
-same left-padded batch. Reported per batch size:
+same left-padded batch, then the engine once more without packed weights (`pack_weights=False`: the plain
+MKL sgemm path that `generate` uses too). Reported per batch size:
 - tokens/s: generated tokens (up to and including each row's EOS) / wall seconds, prefill included;
 - s/step: median seconds of one decoding step while the batch is still full (compaction shrinks it later);
 - greedy_match: fraction of rows whose engine ids equal `generate`'s (fp32 rounding can flip a rare near-tie).
@@ -160,7 +161,7 @@ def main() -> int:
     prompts = [chat_prompt_ids(tok, c) for c in convs]
     engine = Engine(model, tok)
     eos, pad_id = engine.eos, engine.pad_id
-    res = {"model": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+    res = {"model": name, "torch": torch.__version__, "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
            "engine_path": type(engine._runner(256)).__name__,
            "prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "runs": {}}
@@ -181,11 +182,14 @@ def main() -> int:
         batch = prompts[:B]
         eng = Engine(model, tok, max_batch_size=B)
         e = run_engine(eng, batch, n_new)
+        u = run_engine(Engine(model, tok, max_batch_size=B, pack_weights=False), batch, n_new)
         g = run_generate(model, batch, n_new, pad_id, eos)
-        e_rows, g_rows = e.pop("rows"), g.pop("rows")
+        e_rows, u_rows, g_rows = e.pop("rows"), u.pop("rows"), g.pop("rows")
         match = sum(a == b for a, b in zip(e_rows, g_rows)) / B
-        row = {"new_tokens": n_new, "engine": e, "generate": g,
-               "speedup": e["tokens_per_s"] / g["tokens_per_s"], "greedy_match": match}
+        u["greedy_match"] = sum(a == b for a, b in zip(u_rows, g_rows)) / B
+        row = {"new_tokens": n_new, "engine": e, "engine_unpacked": u, "generate": g,
+               "speedup": e["tokens_per_s"] / g["tokens_per_s"],
+               "speedup_unpacked": u["tokens_per_s"] / g["tokens_per_s"], "greedy_match": match}
         if args.bf16:
             m16 = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the fp32 model stays as it is
             b16 = run_engine(Engine(m16, tok, max_batch_size=B), batch, n_new)
@@ -197,6 +201,8 @@ def main() -> int:
         print(f"{B:>5} {n_new:>4} | {e['tokens_per_s']:>12.1f} {fmt(e['s_per_step']):>7} | "
               f"{g['tokens_per_s']:>14.1f} {fmt(g['s_per_step']):>7} | {row['speedup']:>6.2f}x {match:>5.2f}",
               flush=True)
+        print(f"{'':>5} engine without packed weights: {u['tokens_per_s']:.1f} tok/s, s/step {fmt(u['s_per_step'])}, "
+              f"{row['speedup_unpacked']:.2f}x, match {u['greedy_match']:.2f}")
         if args.bf16:
             b16 = row["engine_bf16"]
             print(f"{'':>5} bf16 engine: {b16['tokens_per_s']:.1f} tok/s, s/step {fmt(b16['s_per_step'])}, "

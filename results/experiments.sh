@@ -133,6 +133,10 @@ stage_second() {  # issue #4's second task: ARC-Challenge (same format, 22% base
   train arc-challenge-lora-rl --task arc-challenge --method lora "${RL[@]}" "${ARC_COMMON[@]}"
 }
 
+stage_pause() {  # wait while runs/PAUSE exists (to take benchmarks on a quiet machine between runs)
+  while [[ -f runs/PAUSE ]]; do sleep 5; done
+}
+
 [[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch router train adapt second)" >&2; exit 2; }
 for s in "$@"; do
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }

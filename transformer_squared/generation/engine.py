@@ -28,6 +28,7 @@ import torch
 from ..errors import T2Error
 from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
+from .packed import packed_linears, packing_problem
 from .params import Completion, SamplingParams
 from .sampling import StopStrings, next_tokens
 
@@ -118,9 +119,13 @@ class Engine:
         max_batch_size: rows decoded together; longer prompt lists run in several batches.
         device, dtype: if given, the model is moved / cast to them in place.
         runner: "auto" (fast path where supported, else HF forward), "fast" (fail if unsupported) or "hf".
+        pack_weights: decode with oneDNN-packed copies of the fp32 `nn.Linear` weights on CPU (packed.py: ~1.3-3x
+            faster linear layers at decoding batch sizes, one extra copy of those weights in memory, equal up to
+            float rounding). None (default) = wherever supported; False = never.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, device=None, dtype=None, runner: str = "auto"):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, device=None, dtype=None, runner: str = "auto",
+                 pack_weights: bool | None = None):
         if max_batch_size < 1:
             raise T2Error(f"max_batch_size must be >= 1, got {max_batch_size}")
         if runner not in ("auto", "fast", "hf"):
@@ -136,6 +141,7 @@ class Engine:
         self.pad_id = pad if pad is not None else min(self.eos, default=0)  # any id works: padding is masked
         self.stats = GenerationStats()
         self._runners: dict[type, object] = {}
+        self.pack_weights = pack_weights is not False and packing_problem(model) is None
 
     def _runner(self, max_len: int):
         problem = fast_path_problem(self.model, max_len) if self.runner != "hf" else "runner='hf'"
@@ -183,16 +189,17 @@ class Engine:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(order), self.max_batch_size):
-                batch = order[start : start + self.max_batch_size]
-                if on_batch_start is not None:
-                    on_batch_start(torch.tensor(batch, dtype=torch.long))
-                outs = self._generate_batch([ids[i] for i in batch], params, generator, on_reindex,
-                                            share_prefill=on_batch_start is None and on_reindex is None)
-                for i, out in zip(batch, outs):
-                    results[i] = out
-                if bar is not None:
-                    bar.update(len(batch))
+            with packed_linears(self.model, self.pack_weights):
+                for start in range(0, len(order), self.max_batch_size):
+                    batch = order[start : start + self.max_batch_size]
+                    if on_batch_start is not None:
+                        on_batch_start(torch.tensor(batch, dtype=torch.long))
+                    outs = self._generate_batch([ids[i] for i in batch], params, generator, on_reindex,
+                                                share_prefill=on_batch_start is None and on_reindex is None)
+                    for i, out in zip(batch, outs):
+                        results[i] = out
+                    if bar is not None:
+                        bar.update(len(batch))
         finally:
             for runner in self._runners.values():
                 runner.release()

@@ -30,6 +30,7 @@ import torch
 from ..generation.engine import drop_rows
 from ..generation.fast_llama import LlamaRunner, fast_path_problem
 from ..generation.hf_runner import HFRunner
+from ..generation.packed import packed_linears
 from ..generation.params import SamplingParams
 from ..generation.sampling import StopStrings, next_tokens
 
@@ -161,37 +162,38 @@ def decode(engine, rows: list[Row], *, on_reindex: Callable[[torch.LongTensor], 
     was_training = engine.model.training
     engine.model.eval()
     try:
-        t0 = time.perf_counter()
-        runner = make_runner(engine, T + steps)
-        logits = runner.start(input_ids.to(device), mask.to(device), steps)  # (B, V)
-        running = list(range(B))  # row index of each position of the running batch
-        for step in range(steps):
-            tokens = dec.sample(logits, running)  # (n,)
-            for pos, tok in enumerate(tokens.tolist()):
-                row = rows[running[pos]]
-                if row.done:  # finished earlier but not dropped (runner cannot drop rows): ignore
-                    continue
-                dec.advance(row, tok)
-                if not row.done and row.cancelled():
-                    row.finish_reason = "cancelled"
-                if row.done and row.on_done is not None:
-                    row.on_done(row)
-            t1 = time.perf_counter()
-            if step == 0:
-                stats.prefill_s += t1 - t0
-            else:
-                stats.decode_s += t1 - t0
-            t0, stats.steps = t1, step + 1
-            live = [pos for pos, i in enumerate(running) if not rows[i].done]
-            if not live:
-                break
-            left = max(rows[running[p]].params.max_new_tokens - len(rows[running[p]].token_ids) for p in live)
-            cancelled = any(rows[i].finish_reason == "cancelled" for i in running)
-            drop = len(live) < len(running) and (left >= _MIN_STEPS_LEFT_TO_COMPACT or cancelled)
-            if drop and getattr(runner, "can_drop_rows", True):
-                tokens = drop_rows(runner, live, tokens, on_reindex)
-                running = [running[p] for p in live]
-            logits = runner.step(tokens)
+        with packed_linears(engine.model, getattr(engine, "pack_weights", False)):
+            t0 = time.perf_counter()
+            runner = make_runner(engine, T + steps)
+            logits = runner.start(input_ids.to(device), mask.to(device), steps)  # (B, V)
+            running = list(range(B))  # row index of each position of the running batch
+            for step in range(steps):
+                tokens = dec.sample(logits, running)  # (n,)
+                for pos, tok in enumerate(tokens.tolist()):
+                    row = rows[running[pos]]
+                    if row.done:  # finished earlier but not dropped (runner cannot drop rows): ignore
+                        continue
+                    dec.advance(row, tok)
+                    if not row.done and row.cancelled():
+                        row.finish_reason = "cancelled"
+                    if row.done and row.on_done is not None:
+                        row.on_done(row)
+                t1 = time.perf_counter()
+                if step == 0:
+                    stats.prefill_s += t1 - t0
+                else:
+                    stats.decode_s += t1 - t0
+                t0, stats.steps = t1, step + 1
+                live = [pos for pos, i in enumerate(running) if not rows[i].done]
+                if not live:
+                    break
+                left = max(rows[running[p]].params.max_new_tokens - len(rows[running[p]].token_ids) for p in live)
+                cancelled = any(rows[i].finish_reason == "cancelled" for i in running)
+                drop = len(live) < len(running) and (left >= _MIN_STEPS_LEFT_TO_COMPACT or cancelled)
+                if drop and getattr(runner, "can_drop_rows", True):
+                    tokens = drop_rows(runner, live, tokens, on_reindex)
+                    running = [running[p] for p in live]
+                logits = runner.step(tokens)
     finally:
         engine.model.train(was_training)
     stats.new_tokens = sum(len(r.token_ids) for r in rows)

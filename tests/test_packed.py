@@ -1,0 +1,86 @@
+"""Packed oneDNN linear layers for CPU decoding (generation/packed.py)."""
+
+import pytest
+import torch
+from torch import nn
+
+from transformer_squared.generation import Engine, SamplingParams
+from transformer_squared.generation.packed import packed_linears, packing_problem, unpack
+from transformer_squared.svd import decompose
+from transformer_squared.svf import SVF
+from transformer_squared.targets import resolve_targets
+from transformer_squared.testing import tiny_model
+
+pytestmark = pytest.mark.skipif(packing_problem(nn.Linear(2, 2)) is not None,
+                                reason=str(packing_problem(nn.Linear(2, 2))))
+
+
+def layers():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 8, bias=False))
+
+
+@torch.no_grad()
+def test_packed_layers_compute_the_same_and_are_restored_after():
+    net, x = layers(), torch.randn(5, 3, 24)
+    want = net(x)
+    with packed_linears(net) as on:
+        assert on and "forward" in net[0].__dict__
+        got = net(x)
+    assert "forward" not in net[0].__dict__ and "forward" not in net[2].__dict__
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert unpack(net) == 2 and unpack(net) == 0
+
+
+@torch.no_grad()
+def test_a_weight_changed_in_place_or_replaced_is_repacked():
+    net, x = layers(), torch.randn(4, 24)
+    with packed_linears(net):
+        net(x)
+        net[0].weight.mul_(2.0)  # in place: an SVF merge or an optimizer step
+        torch.testing.assert_close(net(x), nn.functional.linear(
+            torch.relu(nn.functional.linear(x, net[0].weight, net[0].bias)), net[2].weight), rtol=1e-5, atol=1e-5)
+        net[2].weight = nn.Parameter(torch.zeros(8, 40))  # replaced
+        assert net(x).abs().max() == 0
+
+
+def test_gradients_flow_through_the_usual_path():
+    net, x = layers(), torch.randn(4, 24)
+    with packed_linears(net):
+        net(x).sum().backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+
+
+def test_off_switch_and_unsupported_models():
+    net = layers()
+    with packed_linears(net, enabled=False) as on:
+        assert not on and "forward" not in net[0].__dict__
+    assert packing_problem(layers().to(torch.bfloat16)) == "no fp32 nn.Linear layers"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_engine_greedy_is_the_same_packed_or_not(arch):
+    model = tiny_model(arch)
+    prompts = [[3, 17, 29, 4], [8, 9], [11, 12, 13, 14, 15, 16]]
+    params = SamplingParams(max_new_tokens=12)
+    plain = Engine(model, None, pack_weights=False)
+    packed = Engine(model, None)
+    assert not plain.pack_weights and packed.pack_weights
+    assert [c.token_ids for c in packed.generate(prompts, params)] == \
+        [c.token_ids for c in plain.generate(prompts, params)]
+
+
+def test_merged_svf_experts_decode_packed_with_their_own_weights():
+    """A merge writes W' into the wrapped nn.Linear in place: the next packed call must use W', not W."""
+    model = tiny_model("llama")
+    svf = SVF.attach(model, decompose(model, resolve_targets(model, "mlp"), cache=False, progress=False))
+    engine = Engine(model, None)
+    prompts, params = [[3, 17, 29, 4], [8, 9]], SamplingParams(max_new_tokens=10)
+    base = [c.token_ids for c in engine.generate(prompts, params)]
+    z = {name: torch.full_like(layer.S, 1.8) for name, layer in svf.layers.items()}
+    svf.merge(z)
+    merged = [c.token_ids for c in engine.generate(prompts, params)]
+    want = [c.token_ids for c in Engine(model, None, pack_weights=False).generate(prompts, params)]
+    svf.restore()
+    assert merged == want and merged != base
+    assert [c.token_ids for c in engine.generate(prompts, params)] == base
