@@ -22,7 +22,7 @@ from transformer_squared.fileio import atomic_write_json, atomic_write_text  # n
 
 # (run name, label) in table order
 TRAINING = {
-    "arc-easy": ["arc-easy-base", "arc-easy-svf-rl-s0", "arc-easy-svf-rl-s1", "arc-easy-svf-rl-s2",
+    "arc-easy": ["arc-easy-base", "arc-easy-svf-rl-cosine-s0", "arc-easy-svf-rl-s0", "arc-easy-svf-rl-s1", "arc-easy-svf-rl-s2",
                  "arc-easy-svf-sft", "arc-easy-lora-rl", "arc-easy-lora-sft"],
     "arc-challenge": ["arc-challenge-base", "arc-challenge-svf-rl", "arc-challenge-svf-sft",
                       "arc-challenge-lora-rl", "arc-challenge-lora-sft"],
