@@ -28,7 +28,7 @@ TRAINING = {
                       "arc-challenge-lora-rl", "arc-challenge-lora-sft"],
 }
 EXPERTS = {"reasoning": "arc-easy-svf-rl-s0", "math": "math-gsm8k-svf-sft", "code": "code-mbpp-svf-sft",
-           "dispatch": "dispatch-svf-rl"}
+           "dispatch": "dispatch-svf-sft", "dispatch (RL, not shipped)": "dispatch-svf-rl"}
 UNSEEN = ["arc-challenge", "humaneval", "math500"]
 CONFIGS = ["base", "expert-reasoning", "expert-math", "expert-code", "prompt", "classifier", "router", "fewshot"]
 
