@@ -45,6 +45,11 @@ def _ci(ci) -> str:
     return "" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
 
 
+def _test_cells(row: dict) -> str:
+    t = row.get("test") or {}
+    return f"{t.get('n', '')} | {_pct(t.get('accuracy'))} | {_ci(t.get('ci95'))}"
+
+
 def trainable_parameters(run: Path) -> int | None:
     meta = _json(run / "expert" / "expert.json")
     if meta and "num_parameters" in meta:
@@ -106,11 +111,10 @@ def training_tables(runs: Path) -> tuple[dict, str]:
             if not r["done"]:
                 md.append(f"| {r['run']} | not run | | | | | | | | | | |")
                 continue
-            t = r["test"] or {}
             md.append(f"| {r['run']} | {r['method']} | {r['objective']} | {'' if r['seed'] is None else r['seed']} | "
                       f"{r['parameters']:,} | {r['steps']} | {r['best_step'] or ''} | "
                       f"{'' if r['seconds_per_step'] is None else r['seconds_per_step']} | {r['total_seconds']:.0f} | "
-                      f"{t.get('n', '')} | {_pct(t.get('accuracy'))} | {_ci(t.get('ci95'))} |")
+                      f"{_test_cells(r)} |")
         seeds = [r["test"]["accuracy"] for r in rows if r["done"] and r.get("method") == "svf"
                  and r.get("objective") == "rl" and r.get("test")]
         if len(seeds) > 1:
@@ -153,10 +157,8 @@ def experts_table(runs: Path) -> tuple[dict, str]:
         if not r["done"]:
             md.append(f"| {domain} | not trained | | | | | | | | |")
             continue
-        t = r["test"] or {}
         md.append(f"| {domain} | {r['config'].get('task')} | {r['method']} | {r['objective']} | {r['steps']} | "
-                  f"{r['seconds_per_step']} | {r['total_seconds']:.0f} | {t.get('n', '')} | "
-                  f"{_pct(t.get('accuracy'))} | {_ci(t.get('ci95'))} |")
+                  f"{r['seconds_per_step']} | {r['total_seconds']:.0f} | {_test_cells(r)} |")
     return data, "\n".join(md)
 
 

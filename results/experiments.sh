@@ -29,29 +29,23 @@ SVF_ARC=(--method svf --lr 4e-3)
 LORA_ARC=(--method lora --lr 1e-4)
 RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
 
-train() {  # train NAME ARGS...: one `t2 train` run into runs/NAME, skipped when done, resumed when interrupted
-  local name=$1; shift
+run_t2() {  # run_t2 train|eval NAME ARGS...: one `t2 train` / `t2 eval` into runs/NAME, skipped when its result
+  # exists, resumed when interrupted (a training checkpoint, or evaluation records)
+  local cmd=$1 name=$2; shift 2
   local out="runs/$name"
   if [[ -f "$out/result.json" ]]; then echo "== $name: done"; return; fi
   local resume=()
-  [[ -d "$out/checkpoint" ]] && resume=(--resume)
-  echo "== $name: t2 train $* ${resume[*]}"
+  if [[ $cmd == train && -d "$out/checkpoint" ]] || [[ $cmd == eval && -f "$out/records.jsonl" ]]; then
+    resume=(--resume)
+  fi
+  echo "== $name: t2 $cmd $* ${resume[*]}"
   mkdir -p "$out"
-  "$T2" train --out "$out" "$@" "${resume[@]}" --json >"$out/result.json.tmp" 2>"$out/stderr.log"
+  "$T2" "$cmd" --out "$out" "$@" "${resume[@]}" --json >"$out/result.json.tmp" 2>"$out/stderr.log"
   mv "$out/result.json.tmp" "$out/result.json"
 }
 
-evaluate() {  # evaluate NAME ARGS...: one `t2 eval` into runs/NAME
-  local name=$1; shift
-  local out="runs/$name"
-  if [[ -f "$out/result.json" ]]; then echo "== $name: done"; return; fi
-  local resume=()
-  [[ -f "$out/records.jsonl" ]] && resume=(--resume)
-  echo "== $name: t2 eval $* ${resume[*]}"
-  mkdir -p "$out"
-  "$T2" eval --out "$out" "$@" "${resume[@]}" --json >"$out/result.json.tmp" 2>"$out/stderr.log"
-  mv "$out/result.json.tmp" "$out/result.json"
-}
+train() { run_t2 train "$@"; }
+evaluate() { run_t2 eval "$@"; }
 
 stage_base() {
   evaluate arc-easy-base --task arc-easy --limit 256 --max-new-tokens 64
