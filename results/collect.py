@@ -2,13 +2,16 @@
 
     .venv/bin/python results/collect.py [--runs runs] [--out results]
 
-Only finished runs are read (runs/<name>/result.json); a missing run is listed as not run, never filled in.
+Only finished runs are read (runs/<name>/result.json); a missing run is listed as not run, never filled in. A run
+whose directory is gone (runs/ is not committed, and each machine starts without it) keeps the row that an earlier
+collect.py wrote into results/*.json from its result.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -68,12 +71,30 @@ def _numel(shape) -> int:
     return n
 
 
+# rows written by an earlier collect.py (results/*.json), by run name, for runs whose directory is gone: training
+# runs and the unseen-task grid apart (both have an arc-challenge-base row, of different shapes)
+EARLIER: dict[str, dict] = {}
+EARLIER_UNSEEN: dict[str, dict] = {}
+
+
+def load_earlier(out: Path) -> None:
+    training = _json(out / "training.json") or {}
+    adaptation = _json(out / "adaptation.json") or {}
+    for rows in training.values():
+        EARLIER.update({r["run"]: r for r in rows if r.get("done")})
+    for task, configs in (adaptation.get("unseen") or {}).items():
+        EARLIER_UNSEEN.update({f"{task}-{c}": r for c, r in configs.items()})
+    for r in (adaptation.get("experts") or {}).values():
+        if r.get("done"):
+            EARLIER.setdefault(r["run"], r)
+
+
 def training_row(runs: Path, name: str) -> dict:
     run = runs / name
     result = _json(run / "result.json")
     row = {"run": name, "done": result is not None}
     if result is None:
-        return row
+        return EARLIER.get(name, row)
     if name.endswith("-base"):  # a `t2 eval` of the base model
         row.update(method="base", objective="", seed=None, parameters=0, steps=0, seconds_per_step=None,
                    total_seconds=result["seconds"], best_step=None,
@@ -115,13 +136,24 @@ def training_tables(runs: Path) -> tuple[dict, str]:
                       f"{r['parameters']:,} | {r['steps']} | {r['best_step'] or ''} | "
                       f"{'' if r['seconds_per_step'] is None else r['seconds_per_step']} | {r['total_seconds']:.0f} | "
                       f"{_test_cells(r)} |")
-        seeds = [r["test"]["accuracy"] for r in rows if r["done"] and r.get("method") == "svf"
-                 and r.get("objective") == "rl" and r.get("test")]
+        seeds = [r["test"]["accuracy"] for r in rows if r["done"] and re.search(r"-svf-rl-s\d+$", r["run"])
+                 and r.get("test")]  # the seeds of one recipe (not the cosine-schedule run)
         if len(seeds) > 1:
             md.append(f"\nSVF-RL over {len(seeds)} seeds: mean {_pct(statistics.mean(seeds))}, "
                       f"sd {100 * statistics.stdev(seeds):.1f} points.")
         md.append("")
     return data, "\n".join(md)
+
+
+def adaptation_row(runs: Path, name: str) -> dict | None:
+    """A `t2 eval` of the unseen-task grid: accuracy, dispatch and pass timing (None: not run)."""
+    result = _json(runs / name / "result.json")
+    if result is None:
+        return EARLIER_UNSEEN.get(name)
+    ad = result.get("adaptation") or {}
+    row = {k: result.get(k) for k in ("n", "correct", "accuracy", "ci95", "seconds")}
+    row.update(dispatch=ad.get("dispatch") or None, timing=ad.get("timing") or None)
+    return row
 
 
 def adaptation_tables(runs: Path) -> tuple[dict, str]:
@@ -131,16 +163,12 @@ def adaptation_tables(runs: Path) -> tuple[dict, str]:
     for task in UNSEEN:
         data[task] = {}
         for c in CONFIGS:
-            result = _json(runs / f"{task}-{c}" / "result.json")
-            if result is None:
+            row = adaptation_row(runs, f"{task}-{c}")
+            if row is None:
                 md.append(f"| {task} | {c} | not run | | | | | | |")
                 continue
-            ad = result.get("adaptation") or {}
-            timing = ad.get("timing") or {}
-            dispatch = ad.get("dispatch") or {}
-            row = {k: result.get(k) for k in ("n", "correct", "accuracy", "ci95", "seconds")}
-            row.update(dispatch=dispatch or None, timing=timing or None)
             data[task][c] = row
+            dispatch, timing = row.get("dispatch") or {}, row.get("timing") or {}
             md.append(f"| {task} | {c} | {row['n']} | {_pct(row['accuracy'])} | {_ci(row['ci95'])} | "
                       f"{_pct(dispatch.get('dispatch_accuracy'))} | {_pct(timing.get('pass1_fraction'))} | "
                       f"{timing.get('pass1_seconds', '')} | {timing.get('pass2_seconds', '')} |")
@@ -168,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "results"))
     args = ap.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
+    load_earlier(out)
     training, training_md = training_tables(runs)
     adaptation, adaptation_md = adaptation_tables(runs)
     experts, experts_md = experts_table(runs)

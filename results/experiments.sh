@@ -10,12 +10,13 @@
 # when one exists, so the script can be killed and re-run. `python results/collect.py` turns runs/ into
 # results/*.json and results/*.md. Budget: see results/README.md (a 15-step ARC RL run is ~14 min on 2 cores).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export T2_DATA_DIR="${T2_DATA_DIR:-../shared/data}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Both cores: t2 otherwise picks threads by the load average, which the previous run has just raised.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-T2=".venv/bin/t2"
-mkdir -p runs
+read -r -a T2 <<<"${T2:-.venv/bin/t2}"  # the t2 command (results/experiments_gpu.sh sets another)
+export RUNS="${RUNS:-runs}"
+mkdir -p "$RUNS"
 
 # RL recipe for ARC (what fits 2 CPU cores): 8 prompts x 4 samples (leave-one-out baseline), T=1, 64 new tokens,
 # 15 steps at a constant learning rate (the paper's code; a first run with the cosine default, kept as
@@ -32,7 +33,7 @@ RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
 run_t2() {  # run_t2 train|eval NAME ARGS...: one `t2 train` / `t2 eval` into runs/NAME, skipped when its result
   # exists, resumed when interrupted (a training checkpoint, or evaluation records)
   local cmd=$1 name=$2; shift 2
-  local out="runs/$name"
+  local out="$RUNS/$name"
   if [[ -f "$out/result.json" ]]; then echo "== $name: done"; return; fi
   local resume=()
   if [[ $cmd == train && -d "$out/checkpoint" ]] || [[ $cmd == eval && -f "$out/records.jsonl" ]]; then
@@ -40,7 +41,7 @@ run_t2() {  # run_t2 train|eval NAME ARGS...: one `t2 train` / `t2 eval` into ru
   fi
   echo "== $name: t2 $cmd $* ${resume[*]}"
   mkdir -p "$out"
-  "$T2" "$cmd" --out "$out" "$@" "${resume[@]}" --json >"$out/result.json.tmp" 2>"$out/stderr.log"
+  "${T2[@]}" "$cmd" --out "$out" "$@" "${resume[@]}" --json >"$out/result.json.tmp" 2>"$out/stderr.log"
   mv "$out/result.json.tmp" "$out/result.json"
 }
 
@@ -73,7 +74,7 @@ stage_experts() {  # issue #5: the shipped math and code experts. SmolLM2 scores
 }
 
 ship() {  # ship RUN DOMAIN: copy a run's expert and its training record into experts/DOMAIN (committed)
-  local run="runs/$1" dest="experts/$2"
+  local run="$RUNS/$1" dest="experts/$2"
   [[ -f "$run/expert/expert.json" ]] || { echo "ship: $run has no expert yet" >&2; exit 2; }
   rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
   cp "$run"/expert/expert.json "$run"/expert/expert.safetensors "$run"/expert/z.png "$run"/metrics.jsonl \
@@ -84,7 +85,7 @@ ship() {  # ship RUN DOMAIN: copy a run's expert and its training record into ex
 }
 
 stage_ship() {  # the domain experts (the dispatch stage ships its own)
-  if [[ -f runs/arc-easy-svf-rl-s0/result.json ]]; then ship arc-easy-svf-rl-s0 reasoning
+  if [[ -f $RUNS/arc-easy-svf-rl-s0/result.json ]]; then ship arc-easy-svf-rl-s0 reasoning
   else ship arc-easy-svf-rl-cosine-s0 reasoning; fi  # until the constant-lr run exists
   ship math-gsm8k-svf-sft math
   ship code-mbpp-svf-sft code
@@ -102,9 +103,9 @@ stage_dispatch_sft() {  # the same classification expert with the next-token obj
         --max-new-tokens 8 --eval-every 5 --valid-limit 48 --test-limit 150 --no-progress
   local best
   best=$(.venv/bin/python - <<'PY'
-import json
+import json, os
 def v(run):
-    r = json.load(open(f"runs/{run}/result.json"))
+    r = json.load(open(f"{os.environ['RUNS']}/{run}/result.json"))
     return max((x["accuracy"] for x in r["valid"]), default=-1)
 print(max(["dispatch-svf-rl", "dispatch-svf-sft"], key=v))
 PY
@@ -115,8 +116,8 @@ PY
 stage_router() {  # the prefill router (nearest centroid on the base model's hidden states), fitted on train prompts
   if [[ -f experts/router.json ]]; then echo "== router: done"; return; fi
   echo "== router: t2 adapt --router --experts experts"
-  "$T2" adapt --router --experts experts --json >runs/router.json.tmp 2>runs/router.stderr.log
-  mv runs/router.json.tmp runs/router.json
+  "${T2[@]}" adapt --router --experts experts --json >"$RUNS/router.json.tmp" 2>"$RUNS/router.stderr.log"
+  mv "$RUNS/router.json.tmp" "$RUNS/router.json"
 }
 
 # Unseen tasks (issue #5): subset size and answer budget per task. ARC-Challenge answers are short; HumanEval and
@@ -131,11 +132,11 @@ stage_adapt() {
     evaluate "$t-base" "${common[@]}"
     for e in reasoning math code; do evaluate "$t-expert-$e" "${common[@]}" --expert "experts/$e"; done
     for s in router classifier prompt; do evaluate "$t-$s" "${common[@]}" --experts experts --strategy "$s"; done
+    # Few-shot CEM (the most expensive pass 1) only where the base model has signal: on HumanEval and MATH500 every
+    # candidate scores ~0 of 10 shots, so the search would rank mixtures by log-likelihood alone.
+    # `bash results/experiments.sh fewshot_all` runs it on all three (3 x 8 candidates on ARC, 2 x 6 elsewhere).
+    if [[ $t == arc-challenge ]]; then fewshot "$spec"; fi
   done
-  # Few-shot CEM last, the most expensive pass 1, and only where the base model has signal: on HumanEval and
-  # MATH500 every candidate scores ~0 of 10 shots, so the search would rank mixtures by log-likelihood alone.
-  # `bash results/experiments.sh fewshot_all` runs it on all three (3 x 8 candidates on ARC, 2 x 6 elsewhere).
-  fewshot "${UNSEEN[0]}"
 }
 
 stage_fewshot_all() {
@@ -149,13 +150,13 @@ fewshot() {  # fewshot "TASK N TOKENS": t2 adapt (CEM over the experts' mixing w
   read -r t n tok <<<"$1"
   local cem=(--population 8 --iterations 3)
   [[ $t == arc-challenge ]] || cem=(--population 6 --iterations 2)
-  if [[ ! -f "runs/$t-fewshot-expert/expert.json" ]]; then
+  if [[ ! -f "$RUNS/$t-fewshot-expert/expert.json" ]]; then
     echo "== $t-fewshot-expert: t2 adapt --task $t --shots 10 ${cem[*]}"
-    "$T2" adapt --task "$t" --shots 10 --experts experts "${cem[@]}" --max-new-tokens "$tok" \
-          --out "runs/$t-fewshot-expert" --json >"runs/$t-fewshot-adapt.json" 2>"runs/$t-fewshot-adapt.log"
+    "${T2[@]}" adapt --task "$t" --shots 10 --experts experts "${cem[@]}" --max-new-tokens "$tok" \
+          --out "$RUNS/$t-fewshot-expert" --json >"$RUNS/$t-fewshot-adapt.json" 2>"$RUNS/$t-fewshot-adapt.log"
   fi
   evaluate "$t-fewshot" --task "$t" --limit "$n" --max-new-tokens "$tok" --experts experts --strategy fewshot \
-           --adapted "runs/$t-fewshot-expert"
+           --adapted "$RUNS/$t-fewshot-expert"
 }
 
 stage_second() {  # issue #4's second task: ARC-Challenge (same format, 22% base; SmolLM2 has no signal elsewhere),
@@ -172,6 +173,7 @@ stage_pause() {  # wait while runs/PAUSE exists (to take benchmarks on a quiet m
   while [[ -f runs/PAUSE ]]; do sleep 5; done
 }
 
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced (experiments_gpu.sh): functions only
 [[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch dispatch_sft router train ship adapt second fewshot_all)" >&2; exit 2; }
 for s in "$@"; do
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }

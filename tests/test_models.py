@@ -37,3 +37,51 @@ def test_embedded_default_loads_from_gguf_and_generates(embedded):
     out = embedded.model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
     assert embedded.model.dtype == torch.float32
+
+
+def test_device_defaults_to_cpu_and_follows_t2_device(monkeypatch):
+    from transformer_squared.models import resolve_device
+
+    monkeypatch.delenv("T2_DEVICE", raising=False)
+    assert resolve_device(None) == torch.device("cpu")
+    monkeypatch.setenv("T2_DEVICE", "auto")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit device wins over the environment
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("gpu0", "not a device"),
+    pytest.param("cuda", "CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_bad_devices_give_clear_errors(spec, match):
+    from transformer_squared.models import resolve_device
+
+    with pytest.raises(T2Error, match=match):
+        resolve_device(spec)
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu0", "not a device"),
+    pytest.param("cuda:0", "CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_cli_device_errors_are_one_line_before_loading(capsys, monkeypatch, device, match):
+    from transformer_squared.cli.main import main
+
+    monkeypatch.delenv("T2_DEVICE", raising=False)
+    # a model that does not exist: the device is checked first, so the error names the device
+    code = main(["generate", "--model", "/does/not/exist", "--device", device, "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_cli_device_reaches_the_loaded_model(capsys, monkeypatch, tiny_model_dir):
+    from transformer_squared.cli.main import main
+
+    monkeypatch.setenv("T2_DEVICE", "cuda:7")  # would fail if --device did not replace it
+    code = main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "2", "hi"])
+    assert code == 0, capsys.readouterr().err
+    import os
+
+    assert os.environ["T2_DEVICE"] == "cpu"

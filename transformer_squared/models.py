@@ -166,7 +166,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from an alias, a .gguf file, a local directory or a hub id.
 
-    The model is returned in eval mode on `device` (default: CPU), in `dtype` (default fp32; SVF math is fp32).
+    The model is returned in eval mode on `device` (default: `$T2_DEVICE`, else CPU; `auto` is CUDA when
+    available), in `dtype` (default fp32; SVF math is fp32).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,12 +179,29 @@ def load_model(
     except OSError as e:
         hint = " (no hub access here? pass a local directory, a .gguf file or an alias; see `t2 models`)"
         raise T2Error(f"could not load model {spec!r}: {str(e).splitlines()[0]}{hint if source == 'hub' else ''}")
-    if device is not None:
+    device = resolve_device(device)
+    if device.type != "cpu":
         model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(spec), source=source, path=str(where))
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """`spec`, else `$T2_DEVICE`, else CPU; `auto` means CUDA when available. A clear error for a missing GPU."""
+    spec = spec if spec is not None else (os.environ.get("T2_DEVICE") or "cpu")
+    if isinstance(spec, torch.device):
+        return spec
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise T2Error(f"--device {spec!r}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise T2Error(f"--device {spec}: CUDA is not available here; use --device cpu")
+    return device
 
 
 def _from_pretrained(auto_cls, where, dtype):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -13,6 +14,18 @@ from ..models import DEFAULT_MODEL
 def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"alias, .gguf file, local HF directory or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or auto (default: $T2_DEVICE, else cpu)")
+
+
+def apply_device(args) -> None:
+    """Make --device the default device of every model this command loads (models.resolve_device)."""
+    device = getattr(args, "device", None)
+    if device is not None:
+        from ..models import resolve_device
+
+        resolve_device(device)  # fail now with a one-line error, before any loading
+        os.environ["T2_DEVICE"] = device
 
 
 def add_targets_arg(p: argparse.ArgumentParser) -> None:

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command != "train":  # t2 train has its own --device (TrainConfig)
+            from .common import apply_device
+
+            apply_device(args)
         code = args.func(args)
     except T2Error as e:
         print(f"t2 {args.command}: error: {e}", file=sys.stderr)
