@@ -26,6 +26,7 @@ from transformer_squared.fileio import atomic_write_json, atomic_write_text  # n
 # (run name, label) in table order
 TRAINING = {
     "arc-easy": ["arc-easy-base", "arc-easy-svf-rl-cosine-s0", "arc-easy-svf-rl-s0", "arc-easy-svf-rl-s1", "arc-easy-svf-rl-s2",
+                 "arc-easy-svf-rl-30-s0",
                  "arc-easy-svf-sft", "arc-easy-lora-rl", "arc-easy-lora-sft"],
     "arc-challenge": ["arc-challenge-base", "arc-challenge-svf-rl", "arc-challenge-svf-sft",
                       "arc-challenge-lora-rl", "arc-challenge-lora-sft"],
@@ -152,7 +153,11 @@ def adaptation_row(runs: Path, name: str) -> dict | None:
         return EARLIER_UNSEEN.get(name)
     ad = result.get("adaptation") or {}
     row = {k: result.get(k) for k in ("n", "correct", "accuracy", "ci95", "seconds")}
-    row.update(dispatch=ad.get("dispatch") or None, timing=ad.get("timing") or None)
+    dispatch = {k: ad[k] for k in ("dispatch_accuracy", "confusion", "experts_used") if k in ad}
+    row.update(dispatch=dispatch or None, timing=ad.get("timing") or None)
+    adapt = _json(runs / f"{name.removesuffix('-fewshot')}-fewshot-adapt.json") if name.endswith("-fewshot") else None
+    if adapt:  # the CEM search, done once per task before pass 2 (t2 adapt)
+        row["cem"] = {k: adapt.get(k) for k in ("alpha", "experts", "fitness", "iterations", "evaluations", "seconds")}
     return row
 
 
@@ -171,8 +176,13 @@ def adaptation_tables(runs: Path) -> tuple[dict, str]:
             dispatch, timing = row.get("dispatch") or {}, row.get("timing") or {}
             md.append(f"| {task} | {c} | {row['n']} | {_pct(row['accuracy'])} | {_ci(row['ci95'])} | "
                       f"{_pct(dispatch.get('dispatch_accuracy'))} | {_pct(timing.get('pass1_fraction'))} | "
-                      f"{timing.get('pass1_seconds', '')} | {timing.get('pass2_seconds', '')} |")
+                      f"{timing.get('pass1_seconds', '')}{_cem_cell(row)} | {timing.get('pass2_seconds', '')} |")
     return data, "\n".join(md)
+
+
+def _cem_cell(row: dict) -> str:
+    cem = row.get("cem")
+    return f" (+ CEM {cem['seconds']:.0f} s, once per task)" if cem and cem.get("seconds") is not None else ""
 
 
 def experts_table(runs: Path) -> tuple[dict, str]:

@@ -3,7 +3,8 @@
 #
 #   bash results/experiments.sh STAGE...
 #
-# Stages, in this order: base reasoning experts ship dispatch dispatch_sft router train ship adapt second
+# Stages, in this order: base reasoning experts ship dispatch dispatch_sft router train ship adapt second (long: a
+# 30-step SVF-RL run)
 # (fewshot_all: few-shot CEM on all three unseen tasks; pause: wait while runs/PAUSE exists).
 #
 # Every run writes runs/<name>/ (gitignored) and is skipped when its result exists, or resumed from its checkpoint
@@ -63,6 +64,12 @@ stage_train() {  # issue #4 on ARC-Easy
   train arc-easy-lora-rl --task arc-easy "${LORA_ARC[@]}" "${RL[@]}" "${ARC_COMMON[@]}"
   train arc-easy-svf-rl-s1 --task arc-easy "${SVF_ARC[@]}" "${RL[@]}" "${ARC_COMMON[@]}" --seed 1
   train arc-easy-svf-rl-s2 --task arc-easy "${SVF_ARC[@]}" "${RL[@]}" "${ARC_COMMON[@]}" --seed 2
+}
+
+stage_long() {  # the brief's probe recipe at full length (30 steps at the paper's lr 2e-3, 8 x 4 rollouts), validated
+  # on 100 valid questions every 10 steps: the 15-step runs above pick their best step on 50, a 7-point standard error
+  train arc-easy-svf-rl-30-s0 --task arc-easy --method svf --lr 2e-3 "${RL[@]}" --steps 30 --batch-size 8 \
+        --max-new-tokens 64 --schedule constant --eval-every 10 --valid-limit 100 --test-limit 256 --no-progress --seed 0
 }
 
 stage_experts() {  # issue #5: the shipped math and code experts. SmolLM2 scores 0/32 on GSM8K and 2/32 on MBPP, so
@@ -174,7 +181,7 @@ stage_pause() {  # wait while runs/PAUSE exists (to take benchmarks on a quiet m
 }
 
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced (experiments_gpu.sh): functions only
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch dispatch_sft router train ship adapt second fewshot_all)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch dispatch_sft router train ship adapt second long fewshot_all)" >&2; exit 2; }
 for s in "$@"; do
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
   "stage_$s"
