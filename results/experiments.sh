@@ -5,7 +5,8 @@
 #
 # Stages, in this order: base reasoning experts ship dispatch dispatch_sft router train ship adapt second (long: a
 # 30-step SVF-RL run)
-# (fewshot_all: few-shot CEM on all three unseen tasks; pause: wait while runs/PAUSE exists).
+# (fewshot_all: few-shot CEM on all three unseen tasks; pause: wait while runs/PAUSE exists). RUNS (default runs)
+# moves the run directories; T2 names the t2 command.
 #
 # Every run writes runs/<name>/ (gitignored) and is skipped when its result exists, or resumed from its checkpoint
 # when one exists, so the script can be killed and re-run. `python results/collect.py` turns runs/ into
@@ -15,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export T2_DATA_DIR="${T2_DATA_DIR:-../shared/data}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Both cores: t2 otherwise picks threads by the load average, which the previous run has just raised.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-read -r -a T2 <<<"${T2:-.venv/bin/t2}"  # the t2 command (results/experiments_gpu.sh sets another)
+read -r -a T2 <<<"${T2:-.venv/bin/t2}"  # the t2 command, e.g. T2="python3 -m transformer_squared.cli.main"
 export RUNS="${RUNS:-runs}"
 mkdir -p "$RUNS"
 
@@ -176,11 +177,11 @@ stage_second() {  # issue #4's second task: ARC-Challenge (same format, 22% base
   train arc-challenge-lora-rl --task arc-challenge "${LORA_ARC[@]}" "${RL[@]}" "${c[@]}"
 }
 
-stage_pause() {  # wait while runs/PAUSE exists (to take benchmarks on a quiet machine between runs)
-  while [[ -f runs/PAUSE ]]; do sleep 5; done
+stage_pause() {  # wait while $RUNS/PAUSE exists (to take benchmarks on a quiet machine between runs)
+  while [[ -f $RUNS/PAUSE ]]; do sleep 5; done
 }
 
-[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced (experiments_gpu.sh): functions only
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced: the functions only, to run single runs by name
 [[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch dispatch_sft router train ship adapt second long fewshot_all)" >&2; exit 2; }
 for s in "$@"; do
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }

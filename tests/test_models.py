@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -82,6 +84,4 @@ def test_cli_device_reaches_the_loaded_model(capsys, monkeypatch, tiny_model_dir
     monkeypatch.setenv("T2_DEVICE", "cuda:7")  # would fail if --device did not replace it
     code = main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "2", "hi"])
     assert code == 0, capsys.readouterr().err
-    import os
-
     assert os.environ["T2_DEVICE"] == "cpu"

@@ -172,6 +172,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    device = resolve_device(device)  # a bad device fails before the (slow) loading
     where, source = resolve(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
@@ -179,7 +180,6 @@ def load_model(
     except OSError as e:
         hint = " (no hub access here? pass a local directory, a .gguf file or an alias; see `t2 models`)"
         raise T2Error(f"could not load model {spec!r}: {str(e).splitlines()[0]}{hint if source == 'hub' else ''}")
-    device = resolve_device(device)
     if device.type != "cpu":
         model.to(device)
     model.eval()

@@ -17,7 +17,6 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import T2Error
 
 T = TypeVar("T")
 
@@ -42,15 +41,11 @@ class Dist:
 
 def pick_device(spec: str) -> torch.device:
     """`auto` → cuda:LOCAL_RANK when CUDA is available, else cpu; otherwise the named device."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise T2Error(f"--device {spec}: CUDA is not available here; use --device cpu")
-        if device.index is None:
-            device = torch.device(f"cuda:{local}")
+    from ..models import resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return device
 
 
