@@ -283,3 +283,32 @@ def test_real_model_greedy_matches_generate(embedded):
         assert o.token_ids == reference(model, p, 32)
         assert o.prompt_tokens == len(p) and "<|im_end|>" not in o.text
     assert "Paris" in outs[0].text
+
+
+def test_length_groups_bound_the_padding():
+    from transformer_squared.generation.fast_llama import _length_groups
+
+    assert _length_groups([5]) == [[0]]
+    assert _length_groups([7, 7, 7]) == [[0, 1, 2]]
+    assert _length_groups([100, 10, 101, 13]) == [[1], [3], [0, 2]]  # 10 and 13: padding 3 > 10% of 23
+    assert _length_groups([100, 10, 101, 13], waste=0.2) == [[1, 3], [0, 2]]
+    groups = _length_groups([30, 5, 17, 18, 40, 41, 2])
+    assert sorted(b for g in groups for b in g) == list(range(7))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prefill_by_length_groups_equals_one_padded_batch(arch):
+    """Each group padded to its own longest prompt gives the same logits, now and at the next steps, as the
+    whole batch padded to the longest."""
+    from transformer_squared.generation.fast_llama import LlamaRunner
+
+    model = tiny_model(arch)
+    engine = Engine(model, None)
+    ids, mask = engine._left_pad(random_prompts([3, 14, 4, 13, 9]))
+    whole, split = LlamaRunner(model), LlamaRunner(model)
+    a, b = whole.start(ids, mask, 6), split.start(ids, mask, 6, split=True)
+    for _ in range(5):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        token = a.argmax(-1)
+        a, b = whole.step(token), split.step(token)
+    assert torch.isfinite(split.kv).all()

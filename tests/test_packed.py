@@ -84,3 +84,79 @@ def test_merged_svf_experts_decode_packed_with_their_own_weights():
     svf.restore()
     assert merged == want and merged != base
     assert [c.token_ids for c in engine.generate(prompts, params)] == base
+
+
+def _fused_copies(model) -> set[str]:
+    return {a for m in model.modules() for a in m.__dict__ if a.startswith("_t2_packed_")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v carry biases, stacked with the weights
+def test_fused_projections_decode_as_the_separate_layers(arch):
+    """q|k|v and gate|up run as one packed product each; ids equal the unfused, unpacked engine's."""
+    model = tiny_model(arch)
+    prompts = [[3, 17, 29, 4], [8, 9], [11, 12, 13, 14, 15, 16]]
+    params = SamplingParams(max_new_tokens=12)
+    want = [c.token_ids for c in Engine(model, None, pack_weights=False).generate(prompts, params)]
+    assert not _fused_copies(model)
+    assert [c.token_ids for c in Engine(model, None).generate(prompts, params)] == want
+    layers = len(model.model.layers)
+    assert _fused_copies(model) == {"_t2_packed_qkv", "_t2_packed_gate_up"}
+    assert sum("_t2_packed_qkv" in m.__dict__ for m in model.modules()) == layers
+    # The separate q/k/v/gate/up layers were never packed on their own: one packed copy of each weight.
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert not any("_t2_packed" in m.__dict__ for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj))
+    singles = sum("_t2_packed" in m.__dict__ for m in model.modules())  # o_proj, down_proj, lm_head
+    assert singles == 2 * layers + 1
+    assert unpack(model) == 2 * layers + singles
+    assert not _fused_copies(model)
+
+
+@torch.no_grad()
+def test_fused_product_equals_the_concatenated_layers_and_follows_weight_changes():
+    from transformer_squared.generation.packed import fusable, fused_linear
+
+    torch.manual_seed(0)
+    owner = nn.Module()
+    a, b = nn.Linear(24, 40), nn.Linear(24, 8, bias=False)
+    x = torch.randn(3, 5, 24)
+    assert fusable([a, b]) and not fusable([a, nn.Linear(12, 8)]) and not fusable([a, nn.Linear(24, 8).to(torch.bfloat16)])
+    torch.testing.assert_close(fused_linear(owner, "ab", [a, b], x), torch.cat([a(x), b(x)], -1), rtol=1e-5, atol=1e-5)
+    b.weight.mul_(3.0)  # in place, as an SVF merge does
+    torch.testing.assert_close(fused_linear(owner, "ab", [a, b], x), torch.cat([a(x), b(x)], -1), rtol=1e-5, atol=1e-5)
+    assert fused_linear(owner, "ab", [a, b], torch.randn(24)) is None  # one row through small weights: unfused
+    with torch.enable_grad():
+        assert not fusable([a, b])
+
+
+def test_per_row_svf_layers_are_not_fused():
+    """Per-row experts add their own term per row: those layers are called as modules, never stacked."""
+    model = tiny_model("llama")
+    svf = SVF.attach(model, decompose(model, resolve_targets(model, "all"), cache=False, progress=False))
+    prompts, params = [[3, 17, 29, 4], [8, 9, 10, 11]], SamplingParams(max_new_tokens=10)  # in batch order
+    z = {name: torch.full_like(layer.S, 1.8) for name, layer in svf.layers.items()}
+    svf.set_rows([z, None])
+    rows = [c.token_ids for c in Engine(model, None).generate(prompts, params)]
+    assert not _fused_copies(model)
+    svf.set_rows([z, None])
+    assert rows == [c.token_ids for c in Engine(model, None, pack_weights=False).generate(prompts, params)]
+    svf.merge(z)  # merged: the same weights for every row, so the stacks are built from W'
+    merged = [c.token_ids for c in Engine(model, None).generate(prompts, params)]
+    assert _fused_copies(model) == {"_t2_packed_qkv", "_t2_packed_gate_up"}
+    assert merged[0] == rows[0]
+    svf.restore()
+
+
+def test_per_row_svf_experts_prefill_as_one_batch_even_when_split_is_asked():
+    from transformer_squared.generation.fast_llama import LlamaRunner
+
+    model = tiny_model("llama")
+    svf = SVF.attach(model, decompose(model, resolve_targets(model, "mlp"), cache=False, progress=False))
+    z = {name: torch.full_like(layer.S, 1.8) for name, layer in svf.layers.items()}
+    engine = Engine(model, None)
+    ids, mask = engine._left_pad([[3, 17, 29, 4, 5, 6, 7, 8], [8, 9]])
+    svf.set_rows([z, None])
+    got = LlamaRunner(model).start(ids, mask, 4, split=True)  # rows mode: the whole batch in one forward
+    svf.merge(z)
+    want = LlamaRunner(model).start(ids[:1], mask[:1], 4)
+    svf.restore()
+    torch.testing.assert_close(got[:1], want, rtol=1e-4, atol=1e-4)

@@ -13,12 +13,14 @@ modules with a preallocated KV cache), `hf_runner.py` (any other causal LM throu
 Greedy output equals `model.generate(do_sample=False)` on each prompt alone, token for token, up to fp32
 rounding (padding and batch shape change the last bits of the logits, which can flip a rare near-tie).
 
-Performance notes (SmolLM2-135M, fp32, 2-core CPU): a decoding step is ~80% matrix multiplies (every weight
-is read from memory once per step; the 49152 x 576 LM head alone is ~30% at batch 16), so the engine's gains
-over `model.generate` come from doing less besides them (no cache concatenation, no per-step mask building,
-fewer ops and parallel regions) and from dropping finished rows; it cannot beat the fp32 matmul cost. On an
-oversubscribed machine torch's 2 OpenMP threads can be several times slower than 1 (threads wait for each
-other at every op): there, `torch.set_num_threads(1)` in the application helps; the library does not change it.
+Performance notes (SmolLM2-135M, fp32, 2-core CPU): a decoding step is mostly matrix products (every weight
+is read from memory once per step; the 49152 x 576 LM head alone is ~20% of the products), so the engine's
+gains over `model.generate` come from faster products (oneDNN-packed weights, q|k|v and gate|up fused), doing
+less besides them (no cache concatenation, no per-step mask building, fewer ops), prefill without most of the
+padding, and dropping finished rows; it cannot beat the fp32 product cost, which bench/bench_roofline.py
+measures. On an oversubscribed machine torch's 2 OpenMP threads can be several times slower than 1 (threads
+wait for each other at every op): there, `torch.set_num_threads(1)` in the application helps; the library does
+not change it.
 A bfloat16 model (`Engine(..., dtype=torch.bfloat16)`) is ~1.5x faster per step on CPUs with AVX512-BF16, but
 its greedy output is no longer identical to fp32's.
 """

@@ -149,7 +149,8 @@ class Engine:
             raise T2Error(f"the fast generation path cannot run this model: {problem}; use runner='auto'")
         kind = LlamaRunner if problem is None else HFRunner
         if not isinstance(self._runners.get(kind), kind):
-            self._runners[kind] = kind(self.model)
+            self._runners[kind] = LlamaRunner(self.model, fuse_weights=self.pack_weights) if kind is LlamaRunner \
+                else HFRunner(self.model)
         return self._runners[kind]
 
     def _encode(self, prompt) -> list[int]:
@@ -224,20 +225,23 @@ class Engine:
         return input_ids.to(self.device), mask.to(self.device)  # (B, T) each
 
     def _prefill(self, runner, prompts: list[list[int]], max_new_tokens: int, share: bool) -> torch.Tensor:
-        """Prefill the batch; returns the first logits (B, V). With `share`, a prompt repeated in the batch
-        (RL samples several completions per prompt) is computed once and its cache copied to the repeats."""
+        """Prefill the batch; returns the first logits (B, V). `share` (no per-row state): a prompt repeated in the
+        batch (RL samples several completions per prompt) is computed once and its cache copied to the repeats,
+        and the fast runner prefills rows in groups of similar length, each padded only to its own longest."""
         B = len(prompts)
+        split = {"split": True} if share and isinstance(runner, LlamaRunner) else {}
         first: dict[tuple[int, ...], int] = {}
         index = [first.setdefault(tuple(p), len(first)) for p in prompts] if share else []
         if share and len(first) < B:
-            logits = runner.start(*self._left_pad([list(p) for p in first]), max_new_tokens, capacity=B)
+            logits = runner.start(*self._left_pad([list(p) for p in first]), max_new_tokens, capacity=B,
+                                  **split)
             if runner.can_drop_rows:  # else this model's cache cannot copy rows: prefill them all below
                 index_t = torch.tensor(index, dtype=torch.long, device=self.device)
                 runner.repeat(index_t)
                 self.stats.prefill_rows += len(first)
                 return logits[index_t]
         self.stats.prefill_rows += B
-        return runner.start(*self._left_pad(prompts), max_new_tokens)
+        return runner.start(*self._left_pad(prompts), max_new_tokens, **split)
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, on_reindex, *,

@@ -8,27 +8,73 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
 - RoPE cos/sin computed once per batch by the model's own `rotary_emb` and looked up per step;
 - decode attention packs the query heads that share a KV head into one (B, n_kv, n_rep, D) block (as HF's
   SDPA path does), so K/V are never repeated, with a padding mask only while some live row is padded;
-- the LM head runs on the last position only.
+- the LM head runs on the last position only;
+- with `fuse_weights` (the engine sets it where it packs weights, packed.py), projections that read the same
+  input run as one packed product: q|k|v, and gate|up of the gated MLP, and decoding rotates q and k in one
+  op. Only where those layers are plain `nn.Linear` as the model stands (or SVF layers in base / merged mode,
+  whose weight is the linear's): per-row SVF, LoRA and training-mode layers are called as modules;
+- RoPE as one roll with a sign-folded sin, and the fp32 RMSNorm inlined: the same ops as HF's, bit for bit;
+- prefill with `split` (the engine asks for it where no layer keeps per-row state) runs rows in groups of
+  similar length, each padded to its own longest prompt only.
 
-Measured on SmolLM2-135M (1 thread, CPU time per step): batch 1 68 ms vs 69 ms for `model.generate`,
-batch 16 155 vs 164 ms, batch 64 358 vs 380 ms (the HF forward loop): matmuls are ~80% of a step either way,
-so per step this is only 5-10% faster. It has far fewer ops and parallel regions per step, which is what
-matters on a busy machine, and it makes dropping rows cheap.
+Where the time goes (SmolLM2-135M, fp32, 2 cores; bench/bench_roofline.py measures it): the matrix products
+are ~60-80% of a step and the rest is attention over the cache, small elementwise ops and Python. The
+products alone, with the fastest kernel torch has here and nothing else, take ~0.046 s at batch 1 (weights
+streaming from memory) and ~0.10 s at batch 16: that is the floor of any fp32 engine, and why per-step
+gains over `model.generate` are bounded (by ~2x at batch 1 and ~3x at batch 16 on the 2-core AMD EPYC
+measured, bench/README.md).
 
-Every projection is called as a module (`q_proj(x)`, `mlp(x)`), never through its `.weight`, so SVF-wrapped
-layers (including per-row z) behave exactly as in the HF forward; norms, rotary embedding, embedding and
-LM head are called as modules too. Greedy output matches `model.generate` token for token up to float
-rounding (tests check it on tiny models and on SmolLM2).
+Embedding, rotary embedding, final norm and LM head are called as modules, the layer norms read their
+modules' weights, and every projection that is not fused is called as a module (`q_proj(x)`, `mlp(x)`), never through its `.weight`, so
+SVF-wrapped layers (including per-row z) behave exactly as in the HF forward. Greedy output matches
+`model.generate` token for token up to float rounding (tests check it on tiny models and on SmolLM2).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ..svf import SVFLinear
+from .packed import fusable, fused_linear
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # RoPE types whose cos/sin depend only on the position (not on the sequence length seen so far).
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+# MLPs computing down(act(gate(x)) * up(x)), whose gate and up may run as one product.
+_GATED_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP")
+_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+
+
+def _plain_linear(m) -> nn.Linear | None:
+    """The nn.Linear whose weight computes `m`'s output as the model stands, or None (any other layer)."""
+    if type(m) is nn.Linear:
+        return m
+    if isinstance(m, SVFLinear) and m.mode in ("base", "merged") and type(m.base) is nn.Linear:
+        return m.base
+    return None
+
+
+def _length_groups(lengths: list[int], waste: float = 0.1) -> list[list[int]]:
+    """Row indices grouped for prefill: by ascending length, each group grown while padding its rows to its
+    longest one adds at most `waste` of its real tokens (equal lengths always share a group)."""
+    groups: list[list[int]] = []
+    real = 0
+    for b in sorted(range(len(lengths)), key=lambda b: lengths[b]):
+        n = lengths[b]
+        if groups and n * (len(groups[-1]) + 1) <= (1 + waste) * (real + n):
+            groups[-1].append(b)
+            real += n
+        else:
+            groups.append([b])
+            real = n
+    return groups
+
+
+def _fusable_group(modules) -> list[nn.Linear] | None:
+    linears = [_plain_linear(m) for m in modules]
+    return linears if all(m is not None for m in linears) and fusable(linears) else None
 
 
 def fast_path_problem(model, max_len: int) -> str | None:
@@ -57,11 +103,25 @@ def fast_path_problem(model, max_len: int) -> str | None:
     return None
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE, written as in HF so the rounding matches."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated, for `_rope`."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, x * cos + rotate_half(x) * sin, bit for bit as HF computes it: rotate_half(x) is
+    cat(-x2, x1) and (-x2) * s == x2 * (-s) exactly, so one roll and a sign-folded sin (`_signed_sin`) do it in
+    four ops instead of seven."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` for the Llama-family RMSNorm, inlined for fp32 (the same ops, so the same bits, without the
+    module call and its no-op casts); any other norm or dtype is called as a module."""
+    if type(norm).__name__ in _RMS_NORMS and x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+    return norm(x)
 
 
 class LlamaRunner:
@@ -69,7 +129,7 @@ class LlamaRunner:
 
     can_drop_rows = True
 
-    def __init__(self, model):
+    def __init__(self, model, *, fuse_weights: bool = False):
         self.model = model
         config = model.config
         base = model.model
@@ -79,53 +139,106 @@ class LlamaRunner:
         self.n_kv = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.n_rep = self.n_heads // self.n_kv
+        self.fuse_weights = fuse_weights
+
+    def _fused_qkv(self, attn, h: torch.Tensor) -> torch.Tensor | None:
+        """q|k|v of `h` (..., C) as one packed product (..., (H + 2 Hkv) D), or None where the layers or the
+        shape do not allow it."""
+        if not self.fuse_weights:
+            return None
+        group = _fusable_group((attn.q_proj, attn.k_proj, attn.v_proj))
+        return fused_linear(attn, "qkv", group, h) if group is not None else None
+
+    def _qkv(self, attn, h: torch.Tensor):
+        """The q, k and v projections of `h` (..., C): one packed product where the layers allow it."""
+        y = self._fused_qkv(attn, h)
+        if y is not None:
+            return y.split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
+        return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+
+    def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
+        """The layer's MLP on `h`, with gate and up as one packed product where the layers allow it."""
+        if self.fuse_weights and type(mlp).__name__ in _GATED_MLPS:
+            group = _fusable_group((mlp.gate_proj, mlp.up_proj))
+            y = fused_linear(mlp, "gate_up", group, h) if group is not None else None
+            if y is not None:
+                gate, up = y.split([m.out_features for m in group], dim=-1)
+                return mlp.down_proj(mlp.act_fn(gate) * up)
+        return mlp(h)
 
     @torch.no_grad()
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
-              capacity: int | None = None) -> torch.Tensor:
+              capacity: int | None = None, split: bool = False) -> torch.Tensor:
         """Prefill a left-padded batch; returns the logits (B, V) for the first new token. `capacity`: rows to
-        allocate the cache for (>= B), when `repeat` will grow the batch."""
+        allocate the cache for (>= B), when `repeat` will grow the batch.
+
+        With `split`, rows run in groups of similar length (`_length_groups`), each group padded only to its own
+        longest prompt, so the padding of a mixed-length batch costs (almost) no compute; the cache stays
+        left-padded to the batch's length T, with the unused slots zeroed and masked. Only where no layer keeps
+        per-row state (per-row SVF experts expect the whole batch in every forward)."""
         B, T = input_ids.shape
-        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        Hkv, D = self.n_kv, self.head_dim
         L = T + max_new_tokens
-        x = self.embed(input_ids)  # (B, T, C)
-        dtype, device = x.dtype, x.device
+        device = input_ids.device
+        dtype = self.embed.weight.dtype
         capacity = max(B, capacity or B)
         self.kv = torch.empty(len(self.layers), 2, capacity, Hkv, L, D, dtype=dtype, device=device)
-        cos, sin = self.rotary(x, torch.arange(L, device=device)[None])  # (1, L, D) each
-        self.cos, self.sin = cos[0], sin[0]  # (L, D)
+        probe = torch.empty(1, 1, dtype=dtype, device=device)
+        cos, sin = self.rotary(probe, torch.arange(L, device=device)[None])  # (1, L, D) each
+        self.cos, self.sin = cos[0], _signed_sin(sin[0])  # (L, D); sin sign-folded for `_rope`
         mask = attention_mask.bool()  # (B, T)
-        pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)  # (B, T), as in `generate`
-        self.pos = pos[:, -1] + 1  # (B,) position of the next token
+        self.pos = mask.sum(-1)  # (B,) position of the next token (as `generate` counts: real tokens only)
         self.length = T  # filled cache slots (shared by all rows: padding is on the left)
         self.padded = not bool(mask.all())
         # Additive key mask for decoding: -inf on padding slots. (B, 1, 1, L)
         self.key_bias = torch.zeros(capacity, 1, 1, L, dtype=dtype, device=device)
         self.key_bias[:B, 0, 0, :T].masked_fill_(~mask, float("-inf"))
-        if self.padded:
-            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        logits: list[torch.Tensor | None] = [None] * B
+        split = split and not any(isinstance(m, SVFLinear) and m.mode == "rows" for m in self.model.modules())
+        groups = _length_groups(self.pos.tolist()) if split else [list(range(B))]
+        for rows in groups:
+            index = torch.tensor(rows, device=device)
+            Tg = int(self.pos[index].max())
+            if Tg < T:  # slots left of this group's window: never written, masked; zero so 0 * value stays 0
+                self.kv[:, :, index, :, : T - Tg] = 0
+            out = self._prefill(input_ids[index, T - Tg :], mask[index, T - Tg :], index, T - Tg)
+            for j, b in enumerate(rows):
+                logits[b] = out[j]
+        return torch.stack(logits)  # (B, V)
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, offset: int) -> torch.Tensor:
+        """Run the prompts `input_ids` (G, Tg), left-padded per `mask` (bool), of batch rows `rows` through the
+        layers, writing their K/V to cache slots offset .. offset+Tg; returns their last-position logits (G, V)."""
+        G, T = input_ids.shape
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        x = self.embed(input_ids)  # (G, T, C)
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)  # (G, T), as in `generate`
+        padded = not bool(mask.all())
+        if padded:
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             # Padding slots attend to themselves only, so their (unused) rows stay finite.
-            prefill_mask = (causal & mask[:, None, :]) | torch.eye(T, dtype=torch.bool, device=device)
-            prefill_mask = prefill_mask[:, None]  # (B, 1, T, T)
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, T, D)
+            prefill_mask = (causal & mask[:, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
+            prefill_mask = prefill_mask[:, None]  # (G, 1, T, T)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (G, 1, T, D)
+        window = slice(offset, offset + T)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-            k = attn.k_proj(h).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-            v = attn.v_proj(h).view(B, T, Hkv, D).transpose(1, 2)
+            q, k, v = self._qkv(attn, _rms_norm(layer.input_layernorm, x))
+            q = q.reshape(G, T, H, D).transpose(1, 2)  # (G, H, T, D)
+            k = k.reshape(G, T, Hkv, D).transpose(1, 2)  # (G, Hkv, T, D)
+            v = v.reshape(G, T, Hkv, D).transpose(1, 2)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.kv[i, 0, :B, :, :T] = k
-            self.kv[i, 1, :B, :, :T] = v
-            if self.padded:
+            self.kv[i, 0, rows, :, window] = k
+            self.kv[i, 1, rows, :, window] = v
+            if padded:
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, scale=attn.scaling,
                                                    enable_gqa=self.n_rep > 1)
             else:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
                                                    enable_gqa=self.n_rep > 1)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm_head(self.norm(x[:, -1:]))[:, 0]  # (B, V)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(G, T, H * D))
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
+        return self.lm_head(self.norm(x[:, -1:]))[:, 0]  # (G, V)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -134,21 +247,29 @@ class LlamaRunner:
         H, Hkv, D, R = self.n_heads, self.n_kv, self.head_dim, self.n_rep
         t = self.length
         x = self.embed(tokens[:, None])  # (n, 1, C)
-        cos, sin = self.cos[self.pos][:, None, None], self.sin[self.pos][:, None, None]  # (n, 1, 1, D)
+        cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]  # (n, 1, D)
+        cos4, sin4 = cos[:, None], sin[:, None]  # (n, 1, 1, D)
         bias = self.key_bias[:n, :, :, : t + 1] if self.padded else None  # (n, 1, 1, t+1)
+        QK = (H + Hkv) * D
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            # One query position: head h uses KV head h // R, so (n, H*D) -> (n, Hkv, R, D) groups them.
-            q = _rope(attn.q_proj(h).view(n, Hkv, R, D), cos, sin)
-            k = _rope(attn.k_proj(h).view(n, Hkv, 1, D), cos, sin)
+            h = _rms_norm(layer.input_layernorm, x)
             keys, values = self.kv[i, 0, :n], self.kv[i, 1, :n]  # (n, Hkv, L, D)
-            keys[:, :, t : t + 1] = k
-            values[:, :, t : t + 1] = attn.v_proj(h).view(n, Hkv, 1, D)
+            y = self._fused_qkv(attn, h)
+            # One query position: head h uses KV head h // R, so (n, H*D) -> (n, Hkv, R, D) groups them.
+            if y is not None:  # q|k|v in one row: q and k rotated together
+                qk = _rope(y[:, 0, :QK].view(n, H + Hkv, D), cos, sin)  # (n, H + Hkv, D)
+                q = qk[:, :H].view(n, Hkv, R, D)
+                keys[:, :, t] = qk[:, H:]
+                values[:, :, t] = y[:, 0, QK:].view(n, Hkv, D)
+            else:
+                q = _rope(attn.q_proj(h).view(n, Hkv, R, D), cos4, sin4)
+                keys[:, :, t : t + 1] = _rope(attn.k_proj(h).view(n, Hkv, 1, D), cos4, sin4)
+                values[:, :, t : t + 1] = attn.v_proj(h).view(n, Hkv, 1, D)
             o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
                                                scale=attn.scaling)  # (n, Hkv, R, D)
             x = x + attn.o_proj(o.reshape(n, 1, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
         self.length = t + 1
         self.pos = self.pos + 1
         return self.lm_head(self.norm(x))[:, 0]  # (n, V)

@@ -11,6 +11,13 @@ merge, an optimizer step: `weight._version` moves) or is replaced. Wrapped layer
 but their inner `nn.Linear` is, so merged experts decode packed too; the per-row SVF path adds its own term on
 top of the (packed) base layer as before.
 
+Which kernel, by call: a single row (batch-1 decoding) through a small matrix (under `SMALL_GEMV` weights) goes
+to `F.linear`, where oneDNN's per-call overhead made it slower (measured on AMD EPYC Zen 1, one row: 576→576
+0.06 vs 0.16 ms, 1536→576 0.10 vs 0.23 ms); every other call runs packed.
+
+`fused_linear` runs several layers that read the same input (q|k|v, gate|up) as one packed matrix product over
+their weights stacked side by side (the fast Llama path uses it): fewer, wider products, one packed copy.
+
 Cost: one extra copy of the linear weights in memory (`unpack(model)` frees it) and a re-pack after each weight
 change (~0.1 s per 100 MB). Results equal `F.linear` up to float rounding (a different summation order), which
 can flip a greedy token where two logits tie to ~1e-6. Outside the context, or with gradients enabled, layers
@@ -26,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ATTR = "_t2_packed"  # (weight identity, version, packed tensor) on the module
+_ATTR = "_t2_packed"  # (weight identity, version, packed tensor) on the module; fused copies add a suffix
 BATCH_HINT = 16  # rows the packed layout is tuned for; any row count works
+SMALL_GEMV = 1_500_000  # weights: below this, a one-row product runs faster unpacked (see the module doc)
 
 
 def packing_problem(model) -> str | None:
@@ -54,13 +62,48 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) or x.dtype != torch.float32 \
             or w.dtype != torch.float32 or x.device.type != "cpu":
         return F.linear(x, w, self.bias)
-    key = (id(w), w.data_ptr(), w._version)
+    if x.numel() == x.shape[-1] and w.numel() < SMALL_GEMV:
+        return F.linear(x, w, self.bias)
+    key = _weight_key(w)
     cached = self.__dict__.get(_ATTR)
     if cached is None or cached[0] != key:
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), BATCH_HINT)
         self.__dict__[_ATTR] = cached = (key, packed)
     bias = None if self.bias is None else self.bias.detach()
     return torch.ops.mkldnn._linear_pointwise(x, cached[1], bias, "none", [], "")
+
+
+def _weight_key(w: torch.Tensor) -> tuple:
+    """Changes when `w` is replaced or written in place (an SVF merge, an optimizer step)."""
+    return id(w), w.data_ptr(), w._version
+
+
+def fusable(linears) -> bool:
+    """Whether `fused_linear` can run these layers: plain fp32 CPU nn.Linear of one input size, no gradients."""
+    return (not torch.is_grad_enabled() and all(_packable(m) for m in linears)
+            and len({m.in_features for m in linears}) == 1)
+
+
+def fused_linear(owner: nn.Module, name: str, linears, x: torch.Tensor) -> torch.Tensor | None:
+    """`torch.cat([m(x) for m in linears], -1)` as one packed product, or None where the separate calls are the
+    faster choice (one row through small weights). The packed stack of the weights is kept on `owner` under
+    `name` and rebuilt when any of them changes; `unpack(model)` frees it. Call only where `fusable(linears)`."""
+    weights = [m.weight for m in linears]
+    if x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
+        return None
+    key = tuple(_weight_key(w) for w in weights)
+    attr = f"{_ATTR}_{name}"
+    cached = owner.__dict__.get(attr)
+    if cached is None or cached[0] != key:
+        stacked = torch.cat([w.detach() for w in weights])  # (sum of out_features, in_features)
+        bias = None
+        if any(m.bias is not None for m in linears):
+            bias = torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(w.shape[0])
+                              for m, w in zip(linears, weights)])
+        packed = torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT)
+        del stacked
+        owner.__dict__[attr] = cached = (key, packed, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, cached[1], cached[2], "none", [], "")
 
 
 @contextlib.contextmanager
@@ -85,6 +128,7 @@ def unpack(model) -> int:
     """Free the packed copies kept on `model`'s layers; returns how many were freed."""
     n = 0
     for m in model.modules():
-        if m.__dict__.pop(_ATTR, None) is not None:
+        for attr in [a for a in m.__dict__ if a.startswith(_ATTR)]:
+            del m.__dict__[attr]
             n += 1
     return n

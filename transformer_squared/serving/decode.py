@@ -71,7 +71,7 @@ class BatchStats:
 def make_runner(engine, max_len: int):
     """The engine's choice of forward: the Llama fast path where it applies (and is not turned off), else HF."""
     if getattr(engine, "runner", "auto") != "hf" and fast_path_problem(engine.model, max_len) is None:
-        return LlamaRunner(engine.model)
+        return LlamaRunner(engine.model, fuse_weights=getattr(engine, "pack_weights", False))
     return HFRunner(engine.model)
 
 

@@ -1,0 +1,161 @@
+"""How fast could any engine be here? Lower bounds on decoding and prefill time, against `model.generate`.
+
+An engine computes at least the model's matrix products. This script times those alone (no attention, norms,
+sampling or Python between them) with the real weights streaming from memory, in the order a forward pass
+reads them, using the fastest kernel this torch has for each case:
+- fp32: MKL (`F.linear`, what `model.generate` runs), oneDNN with prepacked weights, and oneDNN with q|k|v and
+  gate|up stacked (the engine's path); the floor is the fastest of the three;
+- int8 (fbgemm dynamic quantisation, per-channel weights): for reference only, since its outputs differ from
+  fp32 and so from `generate`.
+Then, for each batch size, it runs `model.generate` on bench_generation.py's prompts (same prompts, same token
+budget) and reports the best speed-up any fp32 engine could reach over it:
+- per decoding step: generate's median s/step / the fp32 step floor;
+- on tokens/s (the issue's metric, prefill included): generate's seconds / (prefill floor + steps x step floor),
+  where the prefill floor is the layers' products over the prompts' real (unpadded) tokens.
+
+    python bench/bench_roofline.py [--model default] [--batch-sizes 1,16] [--new-tokens 64] [--threads N]
+                                   [--out bench/out/roofline.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generation import bench_prompts, cpu_name, load, run_generate  # noqa: E402
+
+
+def timed(fn, reps: int = 5) -> float:
+    """Median seconds of `fn()` over `reps` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def layer_weights(model, fused: bool) -> list[list[torch.Tensor]]:
+    """Per decoder layer, the weights of its products in forward order; with `fused`, q|k|v and gate|up stacked."""
+    out = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        w = lambda mod: mod.weight.detach()  # noqa: E731
+        if fused:
+            out.append([torch.cat([w(a.q_proj), w(a.k_proj), w(a.v_proj)]), w(a.o_proj),
+                        torch.cat([w(m.gate_proj), w(m.up_proj)]), w(m.down_proj)])
+        else:
+            out.append([w(a.q_proj), w(a.k_proj), w(a.v_proj), w(a.o_proj), w(m.gate_proj), w(m.up_proj),
+                        w(m.down_proj)])
+    return out
+
+
+def kernels(weights: list[torch.Tensor], kind: str):
+    """One callable per weight computing x @ Wᵀ with the given kernel (weights prepared once, here)."""
+    if kind == "mkl":
+        return [lambda x, w=w: F.linear(x, w) for w in weights]
+    if kind == "onednn":
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 16) for w in weights]
+        return [lambda x, p=p: torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed]
+    if kind == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantised tensors are deprecated, still the fastest int8 path here
+            prepacked = []
+            for w in weights:
+                scale = (w.abs().amax(1).clamp_min(1e-12) / 127).double()
+                q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+                prepacked.append(torch.ops.quantized.linear_prepack(q, None))
+        return [lambda x, p=p: torch.ops.quantized.linear_dynamic(x, p, True) for p in prepacked]
+    raise ValueError(kind)
+
+
+def products_seconds(model, rows: int, kind: str, fused: bool, head: bool, reps: int) -> float:
+    """Seconds for one forward's products at `rows` rows (the LM head too with `head`)."""
+    weights = [w for ws in layer_weights(model, fused) for w in ws]
+    if head:
+        weights.append(model.lm_head.weight.detach())
+    fns = kernels(weights, kind)
+    xs = {k: torch.randn(rows, k) for k in {w.shape[1] for w in weights}}
+    pairs = [(xs[w.shape[1]], f) for w, f in zip(weights, fns)]
+    return timed(lambda: [f(x) for x, f in pairs], reps)
+
+
+def memory_read_gbs() -> float:
+    a = torch.ones(64 * 1024 * 1024)  # 256 MB, far beyond the caches
+    return a.numel() * 4 / timed(lambda: a.sum(), 5) / 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default="bench/out/roofline.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformer_squared.fileio import atomic_write_json
+    from transformer_squared.generation import Engine, chat_prompt_ids
+
+    model, tok, name = load(args.model)
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        print("error: this script reads the Llama-family layout (model.model.layers)", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    prompts = [chat_prompt_ids(tok, c) for c in bench_prompts(max(sizes))]
+    engine = Engine(model, tok)  # only for its EOS and pad ids
+    params = sum(w.numel() for ws in layer_weights(model, False) for w in ws) + model.lm_head.weight.numel()
+    res = {"model": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+           "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0], "product_weights": params,
+           "memory_read_GBps": memory_read_gbs(), "runs": {}}
+    print(f"{name}: {params / 1e6:.1f}M weights in products; memory read {res['memory_read_GBps']:.1f} GB/s; "
+          f"{res['threads']} threads, {res['cpu']}")
+    with torch.inference_mode():
+        run_generate(model, prompts[:2], 4, engine.pad_id, engine.eos)  # warm-up
+        for B in sizes:
+            batch = prompts[:B]
+            step = {kind + ("_fused" if fused else ""): products_seconds(model, B, kind, fused, True, args.reps)
+                    for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True), ("int8", True))}
+            fp32_floor = min(v for k, v in step.items() if not k.startswith("int8"))
+            real_tokens = sum(len(p) for p in batch)
+            prefill = min(products_seconds(model, real_tokens, kind, fused, False, max(1, args.reps // 2))
+                          for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
+            g = run_generate(model, batch, args.new_tokens, engine.pad_id, engine.eos)
+            g.pop("rows")
+            steps = args.new_tokens - 1  # decoding steps after the prefill's first token
+            best_s = prefill + steps * fp32_floor
+            row = {"step_products_s": step, "step_floor_fp32_s": fp32_floor,
+                   "step_floor_GFLOPs": 2 * params * B / fp32_floor / 1e9,
+                   "prefill_tokens": real_tokens, "prefill_floor_fp32_s": prefill, "generate": g,
+                   "max_step_speedup_fp32": g["s_per_step"] / fp32_floor,
+                   "max_tokens_per_s_speedup_fp32": g["seconds"] / best_s,
+                   "max_step_speedup_int8": g["s_per_step"] / step["int8_fused"]}
+            res["runs"][str(B)] = row
+            print(f"batch {B}: step products (s) " + ", ".join(f"{k} {v:.4f}" for k, v in step.items()))
+            print(f"  fp32 floor {fp32_floor:.4f} s/step ({row['step_floor_GFLOPs']:.0f} GFLOP/s); prefill floor "
+                  f"{prefill:.2f} s for {real_tokens} tokens; generate {g['s_per_step']:.4f} s/step, "
+                  f"{g['seconds']:.1f} s in all (prefill {g['prefill_s']:.1f} s)")
+            print(f"  best possible fp32 engine vs generate: {row['max_step_speedup_fp32']:.2f}x per step, "
+                  f"{row['max_tokens_per_s_speedup_fp32']:.2f}x tokens/s (int8 products: "
+                  f"{row['max_step_speedup_int8']:.2f}x per step)", flush=True)
+    res["loadavg_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, res)
+    print(f"load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}; wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
