@@ -42,6 +42,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/bench_svf.py
 	$(PY) bench/bench_generation.py
+	$(PY) bench/bench_roofline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

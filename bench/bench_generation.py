@@ -11,8 +11,12 @@ part of its speed-up on real prompts whose answers differ in length. A last row 
 (--rollout rows: prompts repeated 8 times, sampled at temperature 1), where the engine prefills each prompt once.
 
     python bench/bench_generation.py [--model smollm2-135m-instruct] [--batch-sizes 1,16,64] [--new-tokens 64]
-                                     [--new-tokens-64 32] [--rollout 16] [--threads N] [--bf16]
+                                     [--new-tokens-64 32] [--rollout 16] [--threads N] [--bf16] [--repeat R]
                                      [--out bench/out/generation.json]
+
+With --repeat R, each batch size runs engine, unpacked engine and `generate` R times in turn and reports each
+one's run of median tokens/s (the machines here swing by +-20% from minute to minute; alternating the three
+spreads that over all of them).
 
 Timings on a shared 2-core machine depend on load (recorded as loadavg_start / loadavg_end): with other
 processes running, torch's 2 OpenMP threads can be several times slower than 1 (`--threads 1`).
@@ -126,6 +130,22 @@ def run_engine(engine, prompts: list[list[int]], new_tokens: int, temperature: f
             "prefill_rows": st.prefill_rows}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the first run's ids kept for the match), with every run's tokens/s."""
+    best = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+    return {**best, "rows": runs[0]["rows"], "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
+
+
+def save_results(res: dict, out: str) -> None:
+    """Record the closing load average, write `res` as JSON to `out` atomically and say so."""
+    from transformer_squared.fileio import atomic_write_json
+
+    res["loadavg_end"] = os.getloadavg()[0]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, res)
+    print(f"load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}; wrote {out}", file=sys.stderr)
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -147,12 +167,12 @@ def main() -> int:
     ap.add_argument("--rollout", type=int, default=16,
                     help="also time RL-style sampling: this many rows, 8 samples per prompt (0: skip)")
     ap.add_argument("--bf16", action="store_true", help="also time the engine on a bfloat16 copy of the model")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, alternating (median kept)")
     ap.add_argument("--out", default="bench/out/generation.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformer_squared.fileio import atomic_write_json
     from transformer_squared.generation import Engine, SamplingParams, chat_prompt_ids
 
     model, tok, name = load(args.model)
@@ -161,7 +181,7 @@ def main() -> int:
     prompts = [chat_prompt_ids(tok, c) for c in convs]
     engine = Engine(model, tok)
     eos, pad_id = engine.eos, engine.pad_id
-    res = {"model": name, "torch": torch.__version__, "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+    res = {"model": name, "torch": torch.__version__, "repeat": args.repeat, "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
            "engine_path": type(engine._runner(256)).__name__,
            "prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "runs": {}}
@@ -181,9 +201,10 @@ def main() -> int:
         n_new = args.new_tokens_64 if B >= 64 else args.new_tokens
         batch = prompts[:B]
         eng = Engine(model, tok, max_batch_size=B)
-        e = run_engine(eng, batch, n_new)
-        u = run_engine(Engine(model, tok, max_batch_size=B, pack_weights=False), batch, n_new)
-        g = run_generate(model, batch, n_new, pad_id, eos)
+        runs = [(run_engine(eng, batch, n_new),
+                 run_engine(Engine(model, tok, max_batch_size=B, pack_weights=False), batch, n_new),
+                 run_generate(model, batch, n_new, pad_id, eos)) for _ in range(max(1, args.repeat))]
+        e, u, g = (median_run([r[k] for r in runs]) for k in range(3))
         e_rows, u_rows, g_rows = e.pop("rows"), u.pop("rows"), g.pop("rows")
         match = sum(a == b for a, b in zip(e_rows, g_rows)) / B
         u["greedy_match"] = sum(a == b for a, b in zip(u_rows, g_rows)) / B
@@ -218,10 +239,7 @@ def main() -> int:
                           "generate": g, "speedup": e["tokens_per_s"] / g["tokens_per_s"]}
         print(f"rollout {P}x{G} sampled, {args.new_tokens} new: engine {e['tokens_per_s']:.1f} tok/s, generate "
               f"{g['tokens_per_s']:.1f} tok/s: {res['rollout']['speedup']:.2f}x", flush=True)
-    res["loadavg_end"] = os.getloadavg()[0]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, res)
-    print(f"load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}; wrote {args.out}", file=sys.stderr)
+    save_results(res, args.out)
     return 0
 
 

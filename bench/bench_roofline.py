@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import bench_prompts, cpu_name, load, run_generate  # noqa: E402
+from bench_generation import bench_prompts, cpu_name, load, run_generate, save_results  # noqa: E402
 
 
 def timed(fn, reps: int = 5) -> float:
@@ -106,7 +106,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformer_squared.fileio import atomic_write_json
     from transformer_squared.generation import Engine, chat_prompt_ids
 
     model, tok, name = load(args.model)
@@ -150,10 +149,7 @@ def main() -> int:
             print(f"  best possible fp32 engine vs generate: {row['max_step_speedup_fp32']:.2f}x per step, "
                   f"{row['max_tokens_per_s_speedup_fp32']:.2f}x tokens/s (int8 products: "
                   f"{row['max_step_speedup_int8']:.2f}x per step)", flush=True)
-    res["loadavg_end"] = os.getloadavg()[0]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, res)
-    print(f"load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}; wrote {args.out}", file=sys.stderr)
+    save_results(res, args.out)
     return 0
 
 

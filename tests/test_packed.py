@@ -123,6 +123,8 @@ def test_fused_product_equals_the_concatenated_layers_and_follows_weight_changes
     torch.testing.assert_close(fused_linear(owner, "ab", [a, b], x), torch.cat([a(x), b(x)], -1), rtol=1e-5, atol=1e-5)
     b.weight.mul_(3.0)  # in place, as an SVF merge does
     torch.testing.assert_close(fused_linear(owner, "ab", [a, b], x), torch.cat([a(x), b(x)], -1), rtol=1e-5, atol=1e-5)
+    a.bias.add_(1.0)  # a bias too
+    torch.testing.assert_close(fused_linear(owner, "ab", [a, b], x), torch.cat([a(x), b(x)], -1), rtol=1e-5, atol=1e-5)
     assert fused_linear(owner, "ab", [a, b], torch.randn(24)) is None  # one row through small weights: unfused
     with torch.enable_grad():
         assert not fusable([a, b])

@@ -91,7 +91,7 @@ def fused_linear(owner: nn.Module, name: str, linears, x: torch.Tensor) -> torch
     weights = [m.weight for m in linears]
     if x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
         return None
-    key = tuple(_weight_key(w) for w in weights)
+    key = tuple(_weight_key(t) for m in linears for t in (m.weight, m.bias) if t is not None)
     attr = f"{_ATTR}_{name}"
     cached = owner.__dict__.get(attr)
     if cached is None or cached[0] != key:
