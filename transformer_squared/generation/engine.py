@@ -2,9 +2,10 @@
 
 Prompts are sorted by length and cut into batches of `max_batch_size` (less padding), each batch is left-padded,
 prefilled once and decoded one token per step. A prompt repeated within a batch (RL: several samples per
-prompt) is prefilled once and its KV cache copied, unless per-row callbacks are given (rows may then differ).
-A row that finishes (EOS, stop string) is dropped from the running batch so its compute stops too
-("compaction"). Two callbacks let per-row state (such as per-row SVF z vectors) follow the rows:
+prompt) is prefilled once and its KV cache copied, and the fast path prefills the rows in groups of similar
+length (each padded to its own longest), unless per-row callbacks are given (rows may then differ). A row
+that finishes (EOS, stop string) is dropped from the running batch so its compute stops too ("compaction").
+Two callbacks let per-row state (such as per-row SVF z vectors) follow the rows:
 
 - `on_batch_start(indices)` before each batch's first forward pass: `indices` (LongTensor, (B,)) holds, for each
   row of the batch in order, its position in the `prompts` list;

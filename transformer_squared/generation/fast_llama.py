@@ -19,15 +19,16 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
 
 Where the time goes (SmolLM2-135M, fp32, 2 cores; bench/bench_roofline.py measures it): the matrix products
 are ~60-80% of a step and the rest is attention over the cache, small elementwise ops and Python. The
-products alone, with the fastest kernel torch has here and nothing else, take ~0.046 s at batch 1 (weights
+products alone, with the fastest kernel torch has here and nothing else, take ~0.045 s at batch 1 (weights
 streaming from memory) and ~0.10 s at batch 16: that is the floor of any fp32 engine, and why per-step
 gains over `model.generate` are bounded (by ~2x at batch 1 and ~3x at batch 16 on the 2-core AMD EPYC
 measured, bench/README.md).
 
 Embedding, rotary embedding, final norm and LM head are called as modules, the layer norms read their
-modules' weights, and every projection that is not fused is called as a module (`q_proj(x)`, `mlp(x)`), never through its `.weight`, so
-SVF-wrapped layers (including per-row z) behave exactly as in the HF forward. Greedy output matches
-`model.generate` token for token up to float rounding (tests check it on tiny models and on SmolLM2).
+modules' weights, and every projection that is not fused is called as a module (`q_proj(x)`, `mlp(x)`),
+never through its `.weight`, so SVF-wrapped layers (including per-row z) behave exactly as in the HF
+forward. Greedy output matches `model.generate` token for token up to float rounding (tests check it on tiny
+models and on SmolLM2).
 """
 
 from __future__ import annotations
