@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ATTR = "_t2_packed"  # (weight identity, version, packed tensor) on the module; fused copies add a suffix
+_ATTR = "_t2_packed"  # (weight and bias versions, packed weight, bias) on the module; fused copies add a suffix
 BATCH_HINT = 16  # rows the packed layout is tuned for; any row count works
 SMALL_GEMV = 1_500_000  # weights: below this, a one-row product runs faster unpacked (see the module doc)
 
@@ -62,20 +62,8 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) or x.dtype != torch.float32 \
             or w.dtype != torch.float32 or x.device.type != "cpu":
         return F.linear(x, w, self.bias)
-    if x.numel() == x.shape[-1] and w.numel() < SMALL_GEMV:
-        return F.linear(x, w, self.bias)
-    key = _weight_key(w)
-    cached = self.__dict__.get(_ATTR)
-    if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), BATCH_HINT)
-        self.__dict__[_ATTR] = cached = (key, packed)
-    bias = None if self.bias is None else self.bias.detach()
-    return torch.ops.mkldnn._linear_pointwise(x, cached[1], bias, "none", [], "")
-
-
-def _weight_key(w: torch.Tensor) -> tuple:
-    """Changes when `w` is replaced or written in place (an SVF merge, an optimizer step)."""
-    return id(w), w.data_ptr(), w._version
+    y = _packed_product(self, _ATTR, [self], x)
+    return F.linear(x, w, self.bias) if y is None else y
 
 
 def fusable(linears) -> bool:
@@ -88,21 +76,25 @@ def fused_linear(owner: nn.Module, name: str, linears, x: torch.Tensor) -> torch
     """`torch.cat([m(x) for m in linears], -1)` as one packed product, or None where the separate calls are the
     faster choice (one row through small weights). The packed stack of the weights is kept on `owner` under
     `name` and rebuilt when any of them changes; `unpack(model)` frees it. Call only where `fusable(linears)`."""
+    return _packed_product(owner, f"{_ATTR}_{name}", linears, x)
+
+
+def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor) -> torch.Tensor | None:
+    """x through `linears` side by side with one packed weight, kept on `owner` under `attr` and rebuilt when a
+    weight or bias is replaced or written in place (an SVF merge, an optimizer step); None for one row through
+    small weights, where the unpacked product is faster."""
     weights = [m.weight for m in linears]
     if x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
         return None
-    key = tuple(_weight_key(t) for m in linears for t in (m.weight, m.bias) if t is not None)
-    attr = f"{_ATTR}_{name}"
+    key = tuple((id(t), t.data_ptr(), t._version) for m in linears for t in (m.weight, m.bias) if t is not None)
     cached = owner.__dict__.get(attr)
     if cached is None or cached[0] != key:
-        stacked = torch.cat([w.detach() for w in weights])  # (sum of out_features, in_features)
+        stacked = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
         bias = None
         if any(m.bias is not None for m in linears):
             bias = torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(w.shape[0])
                               for m, w in zip(linears, weights)])
-        packed = torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT)
-        del stacked
-        owner.__dict__[attr] = cached = (key, packed, bias)
+        owner.__dict__[attr] = cached = (key, torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT), bias)
     return torch.ops.mkldnn._linear_pointwise(x, cached[1], cached[2], "none", [], "")
 
 
