@@ -1,6 +1,9 @@
 """GSM8K: splits, ids, prompt, and the reference answers scoring correct through the model-output path."""
 
+import pytest
+
 from transformer_squared.tasks import get_task
+from transformer_squared.tasks.base import Example
 from transformer_squared.tasks.gsm8k import SYSTEM
 
 
@@ -42,3 +45,21 @@ def test_wrong_and_tricky_outputs(shared_data):
     v = task.score(ex, "I cannot tell.")
     assert not v.correct and v.extracted is None
     assert task.reward(ex, "#### 18") == 1.0 and task.reward(ex, "#### 17") == -1.0
+
+
+@pytest.mark.parametrize("answer, output, correct", [
+    ("145", "The answer is 143 + 2 = 145.", True),       # an equation after "answer is" is read to its result
+    ("143", "The answer is 143 + 2 = 145.", False),      # the mirror case used to pass
+    ("2880000", "The answer is 2879999.", False),        # integers compare exactly (a 1e-6 tolerance said equal)
+    ("2880000", "The answer is 2,880,000.", True),
+    ("18", "The answer is 36/2.", True),
+    ("210", "#### $210", True),
+    ("23", "####23", True),
+    ("6", "Each costs $6.00.", True),
+    ("5", "So x = 5.0", True),
+    ("18", "The answer is 20.\nWait, I made a mistake: 9 * 2 = 18.", True),    # a final correction wins
+    ("20", "The answer is 20. Wait, is it 18? Let me check: 4 * 5 = 20.", True),  # one not final does not
+])
+def test_extracted_answers(answer, output, correct):
+    task = get_task("gsm8k")
+    assert task.score(Example(id="gsm8k/test/x", prompt="", answer=answer), output).correct is correct

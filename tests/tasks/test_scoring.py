@@ -1,5 +1,8 @@
 """Answer extraction and comparison (tasks/scoring.py): the reference code's bugs (SPEC §3) and tricky answers."""
 
+import signal
+import time
+
 import pytest
 
 from transformer_squared.tasks.scoring import (
@@ -10,7 +13,6 @@ from transformer_squared.tasks.scoring import (
     find_numbers,
     last_boxed,
     math_equal,
-    normalize_math,
     numbers_equal,
     parse_number,
 )
@@ -35,6 +37,8 @@ from transformer_squared.tasks.scoring import (
     ("abc123", None),                                   # digits glued to a word are not a number
     ("no digits here", None),
     ("value .5", ".5"),
+    ("36/2.", "36/2"),                                  # a full stop after a fraction is not a decimal point
+    ("1/2.5 of it", "1/2.5"),                           # ...while a decimal denominator stays whole
 ])
 def test_last_number(text, expected):
     nums = find_numbers(text)
@@ -52,13 +56,45 @@ def test_last_number(text, expected):
     ("The answer is: $18.00\nCheck: 6 * 3 = 18", "18.00"),
     ("First 6, then 12, finally 18", "18"),
     ("I am not sure.", None),
+    # an equation after the marker is read to its result (the first number scored the mirror case, gold 143, right)
+    ("The answer is 143 + 2 = 145.", "145"),
+    ("The answer is 145 = 143 + 2.", "145"),            # the result is the side that is a single number
+    ("The answer is $5 \u00d7 $3 = $15 in total.", "15"),
+    ("The answer is 18 dollars, from 16 - 3 - 4 = 9 eggs.", "18"),   # an equation later on is not the answer's
+    ("#### 143 + 2 = 145", "145"),
+    ("The answer is 36/2.", "36/2"),
+    ("#### $210", "210"),
+    ("####23", "23"),
 ])
 def test_extract_final_number(text, expected):
     assert extract_final_number(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # A correction that is the reply's final statement wins over the earlier explicit answer...
+    ("The answer is 20.\nWait, I made a mistake: 9 * 2 = 18.", "18"),
+    ("The answer is 20. Actually, she makes 18 dollars, not 20.", "18"),
+    ("\\boxed{20}\nSorry, that should be 18.", "18"),
+    ("#### 20\nWait, it is 18.", "18"),
+    # ...only then: a correction followed by anything else is not final, and the explicit answer stands
+    ("The answer is 20.\nWait, maybe 18?\nNo: 4 * 5 = 20, so she makes 20 dollars a day.", "20"),
+    ("The answer is 20. Wait, is it 18? Let me check: 4 * 5 = 20.", "20"),
+    # a later statement that does not correct (a check, a restatement) never overrides
+    ("The answer is 20.\nCheck: 40 / 2 = 20, and 2 * 10 = 20.", "20"),
+    ("The answer is 20.\nEach of the 4 friends gets 5.", "20"),
+    ("The answer is 20. Actually, that is 20 dollars per day.", "20"),
+    # the correction word inside the answer's own statement is not a later correction
+    ("Wait, the answer is 18.", "18"),
+])
+def test_corrections_win_only_as_the_final_statement(text, expected):
+    assert extract_final_number(text) == expected
+
+
 def test_numbers_equal_tolerance_and_forms():
     assert numbers_equal(parse_number("18.00"), parse_number("18"))
+    assert numbers_equal(parse_number("5.0"), 5.0) and numbers_equal(parse_number("36/2"), 18.0)
+    assert not numbers_equal(parse_number("2879999"), parse_number("2880000"))   # integers compare exactly
+    assert not numbers_equal(2880000.5, 2880000.0) and not numbers_equal(2880000.0, 2880000.5)
     assert numbers_equal(parse_number("3/4"), parse_number("0.75"))
     assert numbers_equal(parse_number("-1234"), -1234.0)
     assert numbers_equal(0.1 + 0.2, 0.3)
@@ -127,79 +163,94 @@ def test_extract_math_answer_fallback_is_explicit_only():
     assert extract_math_answer("It is probably 3.") is None
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("\\dfrac{1}{2}", "\\frac{1}{2}"),
-    ("\\tfrac12", "\\frac{1}{2}"),
-    ("\\frac1{2}", "\\frac{1}{2}"),
-    ("\\sqrt3", "\\sqrt{3}"),
-    ("\\left( 1, 2 \\right)", "(1,2)"),
-    ("10\\!000", "10000"),
-    ("1,000", "1000"),
-    ("90^\\circ", "90"),
-    ("90^{\\circ}", "90"),
-    ("5\\text{ cm}", "5"),
-    ("5\\text{ cm}^2", "5"),
-    ("\\text{Devon}", "Devon"),
-    ("50\\%", "50"),
-    ("\\$18.50", "18.50"),
-    ("x = 5", "5"),
-    ("k=\\frac{1}{3}", "\\frac{1}{3}"),
-    ("x \\in [1, 2]", "[1,2]"),
-    ("3/4", "\\frac{3}{4}"),
-    (".5", "0.5"),
-    ("7.", "7"),
-    ("1011_{2}", "1011_2"),
-])
-def test_normalize_math(raw, expected):
-    assert normalize_math(raw) == expected
-
-
+# math-verify is the grader; these pin the answer forms MATH needs, and each case the hand-written comparison it
+# replaced got wrong (issue #13): mixed numbers, \cot x, unions in any order, ±, a negated matrix, 10{,}080, π.
 @pytest.mark.parametrize("pred, gold", [
-    ("\\frac{1}{2}", "0.5"),                            # the issue's example: \boxed{\frac{1}{2}} vs 0.5
-    ("0.5", "\\frac12"),
+    ("1\\frac{4}{5}", "\\frac{9}{5}"),                   # a mixed number, not 1 times 4/5
+    ("\\frac{9}{5}", "1\\frac{4}{5}"),
+    ("\\cot x", "\\frac{\\cos x}{\\sin x}"),             # spaces inside commands matter (\cotx is not \cot x)
+    ("\\cot x", "\\frac{1}{\\tan x}"),
+    ("(2,\\infty)\\cup(-\\infty,1)", "(-\\infty,1)\\cup(2,\\infty)"),   # a union in any order
+    ("2, -2", "\\pm 2"),                                 # ±
+    ("\\pm 2", "-2,2"),
+    ("-\\begin{pmatrix} 1 & -2 \\\\ -3 & 4 \\end{pmatrix}", "\\begin{pmatrix} -1 & 2 \\\\ 3 & -4 \\end{pmatrix}"),
+    ("10080", "10{,}080"),                               # a LaTeX thousands separator
+    ("10,080", "10{,}080"),
+    ("\\frac{1}{2}", "0.5"),                             # \boxed{\frac{1}{2}} vs 0.5
     ("\\dfrac{3}{4}", "3/4"),
     ("-\\frac{1}{2}", "-0.5"),
     ("2\\sqrt{3}", "\\sqrt{12}"),
     ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
     ("\\pi/2", "\\frac{\\pi}{2}"),
     ("(x+1)^2", "x^2+2x+1"),
-    ("2x", "x \\cdot 2"),
     ("6", "3 \\times 2"),
     ("10\\text{ cm}", "10"),
     ("90^\\circ", "90"),
+    ("\\$18.50", "18.50"),
     ("(1, 2)", "\\left(1,2\\right)"),
-    ("(\\frac{1}{2}, 3)", "(0.5, 3)"),
     ("[2, \\infty)", "[2,\\infty)"),
-    ("1, 2, 3", "3,2,1"),                                # unordered list of solutions
+    ("1, 2, 3", "3,2,1"),
     ("\\{1, 2\\}", "\\{2,1\\}"),
-    ("\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\ -2\\end{pmatrix}"),
     ("4x - 5y = -50", "-4x+5y=50"),                      # the same line
+    ("x = 5", "5"),
     ("1011_2", "1011_{2}"),
     ("\\text{(C)}", "(C)"),
-    ("2^{2005}", "2 \\cdot 2^{2004}"),
     ("\\sin^2 x + \\cos^2 x", "1"),
     ("5!", "120"),
-    ("|-3|", "3"),
+    (" 7 ", "7"),
 ])
 def test_math_equal_true(pred, gold):
     assert math_equal(pred, gold), (pred, gold)
 
 
 @pytest.mark.parametrize("pred, gold", [
+    ("3.14159", "\\pi"),                                 # the old relative 1e-6 accepted this
+    ("\\pi", "3.14159"),
+    ("\\frac{4}{5}", "1\\frac{4}{5}"),
+    ("\\tan x", "\\cot x"),
+    ("(2,\\infty)\\cup(-\\infty,0)", "(-\\infty,1)\\cup(2,\\infty)"),
+    ("2", "\\pm 2"),
+    ("\\begin{pmatrix} 1 & -2 \\\\ -3 & 4 \\end{pmatrix}", "\\begin{pmatrix} -1 & 2 \\\\ 3 & -4 \\end{pmatrix}"),
+    ("1080", "10{,}080"),
+    ("2879999", "2880000"),
     ("\\frac{1}{3}", "0.33"),
     ("(1, 2)", "(2, 1)"),                                # ordered pairs are ordered
     ("(1, 2)", "[1, 2]"),                                # bracket types matter for intervals
-    ("[2, \\infty)", "(2,\\infty)"),
     ("1, 2", "1, 2, 3"),
     ("2x", "2y"),
     ("4x-5y=-50", "4x-5y=50"),
     ("\\sqrt{2}", "1.41"),
+    ("\\text{Devin}", "\\text{Devon}"),
     ("", "1"),
     (None, "1"),
-    ("10^{10^{10}}", "10^{10^{10}}+1"),                  # refused quickly (too big), never hangs
 ])
 def test_math_equal_false(pred, gold):
     assert not math_equal(pred, gold)
+
+
+@pytest.mark.parametrize("pred", ["9^{9^{9^{9}}}", "1000000!"])
+def test_math_equal_is_bounded_even_in_c_code(pred):
+    """Why the grader runs in a killable helper: these sit in sympy's C big-integer code for minutes, where no
+    signal (math-verify's own timeout, or ours) can interrupt them."""
+    math_equal("x", "y")  # start the helper first: its imports are not part of the comparison's budget
+    start = time.perf_counter()
+    assert not math_equal(pred, "1", timeout=1.0)
+    assert time.perf_counter() - start < 10          # generous on a loaded machine; unbounded it takes minutes
+
+
+def test_math_equal_leaves_a_callers_alarm_alone():
+    """math-verify's own timeouts would cancel a SIGALRM timer the caller owns (pytest-timeout, a server's)."""
+    def handler(signum, frame):
+        raise AssertionError("the caller's alarm fired")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 120)
+    try:
+        assert math_equal("\\frac{1}{2}", "0.5") and not math_equal("\\frac{1}{3}", "0.5")
+        assert signal.getsignal(signal.SIGALRM) is handler and signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------------------------------------------ code

@@ -13,7 +13,7 @@ Scorers (`scorer=`, inferred when omitted: "python" if every row has tests, "cho
 "numeric" if every answer is a number, else "exact"):
 - exact:   the \\boxed{} answer, else the text after the last "answer is"/"Answer:", else the last line; compared
            case-insensitively after trimming spaces, quotes, markdown and a final period.
-- numeric: as GSM8K (`scoring.extract_final_number`), equal within a relative 1e-6.
+- numeric: as GSM8K (`scoring.extract_final_number`), integers exactly, other values within a relative 1e-6.
 - choice:  as ARC; `answer` is a letter (A, B, ...) or the text of one choice; choices are shown as "A. text".
 - python:  the reply's code followed by `tests` (assert statements), run in the sandbox.
 

@@ -5,7 +5,9 @@ official 1319-problem test file. Ids are `gsm8k/<file>/<row>`, with <file> the o
 and <row> the 0-based row in it, so an id never changes when our train/valid rule does and matches the HF hub.
 
 Prompt: the paper's (SakanaAI/self-adaptive-llms `tasks/gsm8k.py`): an Alpaca-style system message, the question as
-the user turn, nothing asked about the answer format; the last number of the reply is the answer.
+the user turn, nothing asked about the answer format. The answer is the reply's explicit one ("####", \\boxed{},
+"the answer is", read to an equation's result), else its last number; a correction counts only as the final
+statement (`scoring.extract_final_number` has the rule). Integers compare exactly (`scoring.numbers_equal`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ the official train set, even/odd rows), `math500` the PRM800K 500-problem test s
 Prompt: the paper's (SakanaAI/self-adaptive-llms `tasks/math.py`): a system message asking to reason step by step
 and put the final answer within \\boxed{}; the problem is the user turn. (The paper's string lacks a space after
 "step by step,"; we add it.) The gold answer is the last \\boxed{} of the reference solution (math500: its
-`answer` field); see `scoring.math_equal` for the comparison.
+`answer` field). Answers are compared by Hugging Face's math-verify (`scoring.math_equal`); the extracted answer
+reported is the last \\boxed{} as written.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Answer extraction and comparison: pure functions, shared by evaluation, RL rewards and `t2 score`.
 
 Each fixes a bug of the reference code (SPEC §3):
-- numbers: minus signs, "1,234", "$18.00", "18.", "3/4" and "50%" are read correctly; explicit answer markers
-  ("#### 18", \\boxed{18}, "the answer is 18") win over the last number in the text;
+- numbers: minus signs, "1,234", "$18.00", "18.", "3/4", "36/2." and "50%" are read correctly; explicit answer
+  markers ("#### 18", \\boxed{18}, "the answer is 18") win over the last number in the text, an equation after a
+  marker is read to its result ("the answer is 143 + 2 = 145" is 145), and integers compare exactly;
 - choices: "the answer is (X)" and its variants, last explicit answer wins; a bare letter inside prose (the
   pronoun "I", the article "A") is never taken, and nothing is guessed when no answer is found;
-- MATH: the last \\boxed{} (nested braces, \\fbox), normalised, then compared as strings, numbers, tuples/intervals
-  element-wise, and finally by sympy equivalence under a hard time bound;
+- MATH: the last \\boxed{} (nested braces, \\fbox), compared by Hugging Face's `math-verify` (the grader of
+  open-r1 and lighteval) in a helper process that is killed when it overruns its time bound;
 - code: the ```python block that defines the entry point, else the first code block, else the whole text.
 """
 
@@ -14,30 +15,35 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from fractions import Fraction
 
 # ---------------------------------------------------------------------------------------------- numbers
 
 # A number not glued to a word, a decimal point or a LaTeX command; "-" only as a sign directly before the digits
-# (so "5-3" reads 5 and 3, and a "- " list bullet is not a sign); "$" allowed after the sign.
+# (so "5-3" reads 5 and 3, and a "- " list bullet is not a sign); "$" allowed after the sign. A fraction's
+# denominator may end a sentence ("36/2." is 36/2) but not run into a decimal ("1/2.5" is not 1/2).
 _NUMBER = re.compile(
     r"(?<![A-Za-z0-9_.\\])(?P<neg>-(?=\$?\.?\d))?\$?\s?"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?)(?![\d.]))?")
+    r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?)(?!\d|\.\d))?")
 _ANSWER_PHRASE = re.compile(r"answer\s*(?:is|:|=)|answer\s+would\s+be", re.I)
+# An arithmetic run starting at a number: digits, operators, "=" and spaces, on one line; a period only inside a
+# number, so a sentence's full stop ends it.
+_ARITHMETIC = re.compile(r"(?:[\d \t,$%+\-*/×÷x()=]|\.(?=\d))*")
+# Where a statement ends: a line break, or sentence punctuation followed by a space (not a decimal point).
+_STATEMENT_END = re.compile(r"\n|[.!?]+(?=\s)")
+_CORRECTION = re.compile(r"\b(?:wait|actually|correction|oops|sorry|mistakes?|mistaken|I mean)\b", re.I)
+_NEGATED = re.compile(r"\b(?:not|instead\s+of)\s+-?\$?\s?[\d.,/]*\d", re.I)  # "18, not 20": 20 is not the answer
+
+
+def _canonical(m: re.Match) -> str:
+    s = ("-" if m.group("neg") else "") + m.group("num").replace(",", "")
+    return s + "/" + m.group("den") if m.group("den") else s
 
 
 def find_numbers(text: str) -> list[str]:
     """All numbers in `text`, in order, as canonical strings ("-1234", "18.00", "3/4"); "%" and "$" dropped."""
-    text = text.replace("\u2212", "-")  # the Unicode minus sign
-    out = []
-    for m in _NUMBER.finditer(text):
-        s = ("-" if m.group("neg") else "") + m.group("num").replace(",", "")
-        if m.group("den"):
-            s += "/" + m.group("den")
-        out.append(s)
-    return out
+    return [_canonical(m) for m in _NUMBER.finditer(text.replace("\u2212", "-"))]  # also the Unicode minus
 
 
 def parse_number(s: str | None) -> float | None:
@@ -55,9 +61,15 @@ def parse_number(s: str | None) -> float | None:
 
 
 def numbers_equal(a: float | None, b: float | None, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
-    """Numeric equality with a small tolerance (so 18.00 == 18 and 0.1 + 0.2 == 0.3)."""
+    """Numeric equality: exact when either side is an integer, else within a small tolerance.
+
+    An integer answer is right only as that integer (a relative 1e-6 would make 2879999 equal 2880000); other
+    values keep the tolerance, so 18.00 == 18 and 0.1 + 0.2 == 0.3.
+    """
     if a is None or b is None or math.isnan(a) or math.isnan(b):
         return False
+    if float(a).is_integer() or float(b).is_integer():
+        return a == b
     return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
@@ -72,28 +84,87 @@ def _latex_to_plain(s: str) -> str:
     return re.sub(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}", r" \1 ", s).replace("\\!", "").replace("{,}", ",")
 
 
+def _answer_after(text: str) -> str | None:
+    """The answer a marker introduces: its first number, or, when an equation follows it, the equation's result.
+
+    "143 + 2 = 145" is 145 (taking 143 scored the mirror case, gold 143, correct); the result is the last side of
+    the equation that is a single number, so "145 = 143 + 2" is 145 too.
+    """
+    first = _NUMBER.search(text.replace("\u2212", "-"))
+    if first is None:
+        return None
+    run = _ARITHMETIC.match(text, first.start()).group(0)
+    if "=" in run:
+        for side in reversed(run.split("=")):
+            nums = find_numbers(side)
+            if len(nums) == 1 and _NUMBER.fullmatch(side.strip(" \t,%")):
+                return nums[0]
+    return _canonical(first)
+
+
+def _explicit_answer(text: str) -> tuple[str, int] | None:
+    """(answer, where its marker starts) for the reply's explicit answer, or None when it has none."""
+    if "####" in text:
+        at = text.rfind("####")
+        got = _answer_after(text[at + 4:])
+        if got is not None:
+            return got, at
+    at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    boxed = last_boxed(text) if at >= 0 else None
+    if boxed is not None:
+        nums = find_numbers(_latex_to_plain(boxed))
+        if nums:  # the box holds the final value, after any working ("\boxed{143+2=145}")
+            return nums[-1], at
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if phrases:
+        at = phrases[-1].start()
+        got = _answer_after(_latex_to_plain(text[phrases[-1].end():].split("\n", 1)[0]))
+        if got is not None:
+            return got, at
+    return None
+
+
+def _final_statement(text: str) -> tuple[str, int]:
+    """The reply's last statement (line or sentence with content) and where it starts."""
+    start = 0
+    for m in _STATEMENT_END.finditer(text):
+        if text[m.end():].strip():
+            start = m.end()
+    return text[start:], start
+
+
+def _correction(statement: str) -> str | None:
+    """The number a correcting statement ("Wait, it is 18, not 20.") settles on, or None if it corrects nothing."""
+    if not _CORRECTION.search(statement):
+        return None
+    plain = _NEGATED.sub(" ", _latex_to_plain(statement))
+    if "=" in plain:
+        nums = find_numbers(plain.rsplit("=", 1)[1])
+        if nums:
+            return nums[0]
+    return last_number(plain)
+
+
 def extract_final_number(text: str) -> str | None:
     """The final numeric answer of a worked solution (GSM8K), as a canonical string, or None.
 
-    Explicit markers win, in this order: the number after the last "####", the last \\boxed{}, the first number
-    after the last "answer is"/"answer:"; otherwise the last number in the text.
+    Explicit markers win, in this order: the number after the last "####", the last \\boxed{}, the answer after
+    the last "answer is"/"answer:" (an equation there is read to its result); otherwise the last number in the text.
+
+    The rule for corrections: an explicit answer stands even when the reply goes on (a check, units, a restatement),
+    except when the reply's *final statement* (its last sentence or line) comes after the marker and corrects it
+    (it says "wait", "actually", "correction", "sorry", "oops", "mistake" or "I mean"); then that statement's number
+    is the answer (its equation's result, never a number after "not"). A correction followed by anything else is
+    not the final statement and changes nothing.
     """
-    if "####" in text:
-        nums = find_numbers(text.rsplit("####", 1)[1])
-        if nums:
-            return nums[0]
-    boxed = last_boxed(text)
-    if boxed is not None:
-        nums = find_numbers(_latex_to_plain(boxed))
-        if nums:
-            return nums[-1]
-    phrases = list(_ANSWER_PHRASE.finditer(text))
-    if phrases:
-        line = text[phrases[-1].end():].split("\n", 1)[0]
-        nums = find_numbers(_latex_to_plain(line))
-        if nums:
-            return nums[0]
-    return last_number(text)
+    found = _explicit_answer(text)
+    if found is None:
+        return last_number(text)
+    answer, marker = found
+    statement, start = _final_statement(text)
+    if start > marker:
+        return _correction(statement) or answer
+    return answer
 
 
 # ---------------------------------------------------------------------------------------------- choices
@@ -188,187 +259,48 @@ def extract_math_answer(text: str) -> str | None:
     return s.strip() or None
 
 
-_UNIT = r"\\(?:text|textbf|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?"
+def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
+    """Whether a MATH answer equals the gold answer, by `math-verify` (`verify_math`) under a hard time bound.
 
-
-def normalize_math(s: str) -> str:
-    """Canonical form of a MATH answer for string comparison.
-
-    Drops $, spacing commands (\\! \\, \\;), \\left/\\right, degrees, \\%, trailing units (`\\text{ cm}^2`) and a
-    trailing period; maps dfrac/tfrac to frac, `\\frac12` to `\\frac{1}{2}`, `\\sqrt3` to `\\sqrt{3}`, `.5` to `0.5`,
-    `1,000` to `1000`, `3/4` to `\\frac{3}{4}`; strips `x =` / `x \\in` before a short name; removes spaces.
+    Identical strings need no grader. Otherwise the comparison runs in the time-bound helper process of
+    `tasks.bounded` (`isolate=True`), never in this one: math-verify's own timeouts use SIGALRM (main thread only,
+    whole seconds, and they cancel a timer the caller set), and no signal can stop sympy's C-level big-integer
+    work (`\\boxed{9^{9^{9^9}}}`, `1000000!`), so a runaway comparison is ended by killing the helper. That makes
+    scoring safe from any thread (a server, a rollout worker). A comparison that runs past `timeout` seconds is
+    scored wrong.
     """
-    s = s.strip().replace("\n", " ")
-    s = re.sub(r"\\\\|\\[,;:! ]", lambda m: m.group(0) if m.group(0) == "\\\\" else "", s)  # keep \\ rows
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)[lr]?(?![a-zA-Z])", "", s)
-    s = s.replace("\\displaystyle", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?", "", s).replace("°", "").replace("\\circ", "")
-    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    s = s.strip()
-    while True:  # trailing units, possibly several ("5\text{ m}\text{ long}")
-        t = re.sub(rf"(?<=\S)\s*{_UNIT}\s*\.?$", "", s)
-        if t == s:
-            break
-        s = t
-    s = re.sub(r"\\(?:text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}", r"\1", s)
-    s = s.replace(" ", "").rstrip(".")
-    if s.count("=") == 1:
-        lhs, rhs = s.split("=")
-        if re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+", lhs):
-            s = rhs
-    s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    s = re.sub(r"_\{(\w+)\}", r"_\1", s)  # number bases: 1011_{2} == 1011_2
-    s = re.sub(r"(?<![\d}])\.(\d)", r"0.\1", s)
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
-        s = s.replace(",", "")
-    m = re.fullmatch(r"(-?)(\d+)/(\d+)", s)
-    if m:
-        s = f"{m.group(1)}\\frac{{{m.group(2)}}}{{{m.group(3)}}}"
-    return s
+    from .bounded import CallTimeout, call_with_timeout
 
-
-def math_equal(pred: str | None, gold: str | None, timeout: float = 3.0) -> bool:
-    """Whether two MATH answers are equivalent: normalised strings, then numbers, then structure, then sympy.
-
-    Tuples and intervals compare element-wise in order (bracket types must match); bare comma lists and sets
-    compare as multisets; all sympy work for one comparison shares a hard budget of `timeout` seconds (see
-    `tasks.bounded`), so a long list of hard elements cannot multiply it.
-    """
     if pred is None or gold is None:
         return False
-    a, b = normalize_math(pred), normalize_math(gold)
-    if not a or not b:
+    pred, gold = pred.strip(), gold.strip()
+    if not pred or not gold:
         return False
-    return a == b or _structure_equal(a, b, time.monotonic() + timeout)
-
-
-def _split_top(s: str, sep: str = ",") -> list[str]:
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i])
-            start = i + len(sep)
-            i = start
-            continue
-        i += 1
-    parts.append(s[start:])
-    return parts
-
-
-def _structure(s: str) -> tuple[str, list[str]]:
-    """(kind, parts): kind "scalar", "list"/"set" (unordered), "matrix", "union" or a bracket pair like "(]"."""
-    if "\\cup" in s and len(_split_top(s, "\\cup")) > 1:
-        return "union", _split_top(s, "\\cup")
-    m = re.fullmatch(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}", s)
-    if m:
-        rows = [r.split("&") for r in m.group(1).split("\\\\") if r]
-        return f"matrix{[len(r) for r in rows]}", [x for r in rows for x in r]
-    if s.startswith("\\{") and s.endswith("\\}"):
-        return "set", _split_top(s[2:-2])
-    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _encloses(s):
-        inner = _split_top(s[1:-1])
-        if len(inner) > 1:
-            return s[0] + s[-1], inner
-    parts = _split_top(s)
-    return ("list", parts) if len(parts) > 1 else ("scalar", [s])
-
-
-def _encloses(s: str) -> bool:
-    depth = 0
-    for i, c in enumerate(s):
-        depth += c in "([{"
-        depth -= c in ")]}"
-        if depth == 0 and i < len(s) - 1:
-            return False
-    return True
-
-
-def _structure_equal(a: str, b: str, deadline: float) -> bool:
-    ka, pa = _structure(a)
-    kb, pb = _structure(b)
-    if ka == "scalar" and kb == "scalar":
-        return _scalar_equal(a, b, deadline)
-    if ka != kb or len(pa) != len(pb):
-        return False
-    if ka in ("list", "set"):
-        remaining = list(pb)
-        for x in pa:
-            hit = next((i for i, y in enumerate(remaining) if x == y or _structure_equal(x, y, deadline)), None)
-            if hit is None:
-                return False
-            remaining.pop(hit)
+    if pred == gold:
         return True
-    return all(x == y or _structure_equal(x, y, deadline) for x, y in zip(pa, pb))
-
-
-def _plain_value(s: str) -> float | None:
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}", s)
-    if m:
-        v = parse_number(f"{m.group(2)}/{m.group(3)}")
-        return -v if (v is not None and m.group(1)) else v
-    if re.fullmatch(r"-?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?", s):
-        return parse_number(s)
-    return None
-
-
-def _scalar_equal(a: str, b: str, deadline: float) -> bool:
-    if a == b:
-        return True
-    va, vb = _plain_value(a), _plain_value(b)
-    if va is not None and vb is not None:
-        return numbers_equal(va, vb)
-    if re.fullmatch(r"[A-Za-z ]+", a) and re.fullmatch(r"[A-Za-z ]+", b):
-        return a.lower() == b.lower()
-    from .bounded import CallTimeout, call_with_timeout
-    from .latex import LatexError
-
-    remaining = deadline - time.monotonic()
-    if remaining <= 0.01:
-        return False
     try:
-        return bool(call_with_timeout(sympy_equal, (a, b), remaining))
-    except (CallTimeout, LatexError, RuntimeError):
-        return False
-    except Exception:  # sympy raises assorted errors (TypeError, ValueError, ...) on odd input: not equal
+        return bool(call_with_timeout(verify_math, (pred, gold), timeout, isolate=True))
+    except (CallTimeout, RuntimeError):  # overran its bound, or the helper died (out of memory): not shown equal
         return False
 
 
-def sympy_equal(a: str, b: str) -> bool:
-    """Whether two LaTeX expressions are mathematically equal (unbounded: call via `call_with_timeout`)."""
-    import sympy
+def verify_math(pred: str, gold: str) -> bool:
+    """math-verify's verdict on two LaTeX answers (unbounded: call it through `math_equal`).
 
-    from .latex import parse_latex
+    Both are parsed as the content of a \\boxed{} (math-verify's LaTeX extraction, which also reads plain numbers
+    and fractions such as `14/3`) with its own timeouts off, as `math_equal` bounds the whole call; the gold answer
+    goes first because `verify` is not symmetric (it simplifies `x = 5` in the prediction against a gold `5`).
+    """
+    import logging
 
-    if a.count("=") == 1 and b.count("=") == 1:
-        # Equations (a line, a plane): equal when one side-difference is a nonzero constant times the other.
-        (la, ra), (lb, rb) = a.split("="), b.split("=")
-        da, db = parse_latex(la) - parse_latex(ra), parse_latex(lb) - parse_latex(rb)
-        if da == 0 or db == 0:
-            return False
-        ratio = sympy.simplify(da / db)
-        return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
-    x, y = parse_latex(a), parse_latex(b)
-    if x == y:
-        return True
-    diff = x - y
-    if diff == 0:
-        return True
-    if not diff.free_symbols:
-        try:
-            vx, vy = complex(sympy.N(x, 30)), complex(sympy.N(y, 30))
-        except (TypeError, ValueError):
-            return False
-        return numbers_equal(vx.real, vy.real) and numbers_equal(vx.imag, vy.imag)
-    return sympy.simplify(diff) == 0
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    # With timeouts off, math-verify logs once per process that the caller must bound it: math_equal does.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    config = [LatexExtractionConfig(boxed_match_priority=0)]
+    parsed_gold = parse(f"\\boxed{{{gold}}}", config, parsing_timeout=None)
+    parsed_pred = parse(f"\\boxed{{{pred}}}", config, parsing_timeout=None)
+    return bool(parsed_gold and parsed_pred and verify(parsed_gold, parsed_pred, timeout_seconds=None))
 
 
 # ---------------------------------------------------------------------------------------------- code
