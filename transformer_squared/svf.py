@@ -56,6 +56,26 @@ class ZInit:
             raise T2Error(f"unknown parametrization {self.parametrization!r}; choose from {', '.join(PARAMETRIZATIONS)}")
 
 
+def delta_weight(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """ΔW = U diag(σ ⊙ (z − 1)) Vᵀ in fp32, shape (out, in): the one place the SVF delta is computed."""
+    return (U * (S * (z.float() - 1.0))) @ Vh  # (m, r) * (r,) @ (r, n) -> (m, n)
+
+
+def reference_z(p: torch.Tensor, S: torch.Tensor, max_mult: float = 1.0) -> torch.Tensor:
+    """The reference code's z = c · sigmoid(p) · max_mult, c = Σσ / Σ(σ ⊙ sigmoid(p) · max_mult)."""
+    z = torch.sigmoid(p) * max_mult
+    return z * (S.sum() / (S * z).sum())  # nuclear norm of W' equals that of W
+
+
+@torch.no_grad()
+def merged_weight(w: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Dense W' = W + ΔW(z) for an (out, in) matrix: fp32 math, checked finite, cast back to W's dtype."""
+    new = w.float() + delta_weight(U, S, Vh, z.to(S.device))
+    if not torch.isfinite(new).all():
+        raise T2Error("merging this expert gives non-finite weights; the expert is corrupt or its z is extreme")
+    return new.to(w.dtype)
+
+
 class SVFLinear(nn.Module):
     """An nn.Linear / Conv1D whose singular values an expert can rescale (see the module docstring)."""
 
@@ -98,7 +118,7 @@ class SVFLinear(nn.Module):
 
     def delta(self, z: torch.Tensor) -> torch.Tensor:
         """ΔW = U diag(σ ⊙ (z − 1)) Vᵀ in fp32, shape (out, in)."""
-        return (self.U * (self.S * (z.float() - 1.0))) @ self.Vh  # (m, r) * (r,) @ (r, n) -> (m, n)
+        return delta_weight(self.U, self.S, self.Vh, z)
 
     def effective_z(self) -> torch.Tensor:
         """The effective multipliers of the trainable parameter (train mode)."""
@@ -106,8 +126,7 @@ class SVFLinear(nn.Module):
             return torch.ones_like(self.S)
         if self.parametrization == "direct":
             return self.param
-        z = torch.sigmoid(self.param) * self.max_mult
-        return z * (self.S.sum() / (self.S * z).sum())  # nuclear norm of W' equals that of W
+        return reference_z(self.param, self.S, self.max_mult)
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,10 +151,7 @@ class SVFLinear(nn.Module):
         if self._orig is None:
             self._orig = self.base.weight.detach().clone()
         w = self._orig.t() if self.transposed else self._orig
-        new = w.float() + self.delta(z.to(self.S.device))
-        if not torch.isfinite(new).all():
-            raise T2Error("merging this expert gives non-finite weights; the expert is corrupt or its z is extreme")
-        new = new.to(self.base.weight.dtype)
+        new = merged_weight(w, self.U, self.S, self.Vh, z)
         self.base.weight.copy_(new.t() if self.transposed else new)
         self.mode = "merged"
 

@@ -1,4 +1,4 @@
-"""`t2 expert init | show | mix | export`: make, inspect, combine and export expert files."""
+"""`t2 expert init | show | mix | export | convert`: make, inspect, combine, export and convert expert files."""
 
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ def register(sub) -> None:
                    help="export for a model other than the one the expert was trained on (same shapes)")
     q.add_argument("--json", action="store_true", help="print the report as one JSON object")
     q.set_defaults(func=run_export)
+
+    q = esub.add_parser("convert", help="an expert as a PEFT SVF adapter directory, or such an adapter as an expert")
+    q.add_argument("source", help="expert directory (--to peft) or PEFT SVF adapter directory (--to t2)")
+    q.add_argument("--to", required=True, choices=("peft", "t2"), help="the format to write")
+    q.add_argument("--out", required=True, help="directory to write")
+    q.add_argument("--model", default=None,
+                   help="--to t2 of a reference-parametrized adapter: the base model (default: the adapter's)")
+    q.set_defaults(func=run_convert)
 
 
 def run_init(args) -> int:
@@ -157,4 +165,18 @@ def run_export(args) -> int:
     print(f"per-matrix ranks and errors in {Path(args.out) / 'export_report.json'}; largest rank {report['r']}: "
           + (f"serve with vLLM --max-lora-rank {vllm}" if vllm else
              f"above vLLM's --max-lora-rank limit of 512, export with --rank 512 or less for vLLM"))
+    return 0
+
+
+def run_convert(args) -> int:
+    from ..peft import expert_to_peft, peft_to_expert
+
+    quiet()
+    if args.to == "peft":
+        out = expert_to_peft(args.source, args.out)
+        print(f"wrote {out}: PEFT SVF adapter (load with PeftModel.from_pretrained after "
+              f"`import transformer_squared.peft`)")
+        return 0
+    expert = peft_to_expert(args.source, args.out, model=args.model)
+    print(f"wrote {args.out}: {len(expert.z)} matrices, {expert.num_parameters:,} parameters")
     return 0
