@@ -1,17 +1,19 @@
-"""Code tasks: extract the program from a reply, append the task's tests, run it in the sandbox.
+"""Code tasks: extract the program from a reply, judge it by the task's tests in the sandbox.
 
 Generated code is untrusted (SPEC §3): it only ever runs through `transformer_squared.sandbox` (time, memory,
-process and output limits, no network). A program passes only if it exits cleanly *and* its last stdout line is
-a random marker printed after every test has run, so `os._exit(0)` or `sys.exit()` before the tests, or a
-swallowed exception, cannot fake a pass.
+process and output limits, no network), and never in the same process as its tests. A task's `check` splits the
+work: the solution (with any fixtures the task builds for it) runs as the candidate program, the asserts run in
+a separate judge that calls the candidate's functions across a data-only channel (`sandbox.CodeCheck`). The judge
+alone says "passed", so nothing the program does (print a marker, `os._exit(0)` or `sys.exit()` before the
+tests, patch `AssertionError`, read the harness's files) can make failing tests count as passed.
 """
 
 from __future__ import annotations
 
-import secrets
 from abc import abstractmethod
 from typing import Sequence
 
+from ..sandbox import CodeCheck, SandboxLimits, SandboxResult, run_check, run_checks
 from .base import Example, Task, Verdict
 from .scoring import extract_code
 
@@ -19,13 +21,11 @@ SYSTEM = ("You are an exceptionally intelligent coding assistant that consistent
           "responses to user instructions.")  # the paper's (tasks/mbpp2.py), minus a doubled space
 
 
-def _limits(timeout: float):
-    from ..sandbox import SandboxLimits  # lazy: the sandbox is only needed to score code
-
+def _limits(timeout: float) -> SandboxLimits:
     return SandboxLimits(timeout=timeout)
 
 
-def _verdict(code: str, result) -> Verdict:
+def _verdict(code: str, result: SandboxResult) -> Verdict:
     if result.passed:
         return Verdict(True, code, "passed")
     tail = (result.stderr or result.stdout or "").strip().splitlines()[-3:]
@@ -33,7 +33,7 @@ def _verdict(code: str, result) -> Verdict:
 
 
 class CodeTask(Task):
-    """A task whose outputs are Python programs scored by running tests. Subclasses build the test program."""
+    """A task whose outputs are Python programs scored by running tests. Subclasses build the check."""
 
     domain = "code"
     max_new_tokens = 512  # the paper's budget for MBPP and HumanEval
@@ -42,36 +42,22 @@ class CodeTask(Task):
         self.timeout = float(timeout)
 
     @abstractmethod
-    def program(self, example: Example, code: str) -> str:
-        """The test program for `code` (the extracted solution): solution + tests, without the pass marker."""
+    def check(self, example: Example, code: str) -> CodeCheck:
+        """The judged check for `code` (the extracted solution): the candidate program and the tests for the judge."""
 
     def extract(self, example: Example, output: str) -> str:
         """The solution code in a model's reply."""
         return extract_code(output, example.meta.get("entry_point"))
 
-    def _prepared(self, example: Example, output: str, marker: str) -> tuple[str, str]:
-        code = self.extract(example, output)
-        return code, self.program(example, code) + f"\n\nprint({marker!r})\n"
-
     def score(self, example: Example, output: str) -> Verdict:
-        from ..sandbox import run_python
-
-        marker = _new_marker()
-        code, program = self._prepared(example, output, marker)
-        return _verdict(code, run_python(program, limits=_limits(self.timeout), success_marker=marker))
+        code = self.extract(example, output)
+        return _verdict(code, run_check(self.check(example, code), limits=_limits(self.timeout)))
 
     def score_many(self, examples: Sequence[Example], outputs: Sequence[str], *, workers: int = 2) -> list[Verdict]:
-        """Run all test programs in parallel, `workers` sandboxed processes at a time."""
-        from ..sandbox import run_many
-
+        """Judge all outputs in parallel, `workers` checks (each two sandboxed processes) at a time."""
         if len(examples) != len(outputs):
             raise ValueError(f"{len(examples)} examples but {len(outputs)} outputs")
-        marker = _new_marker()  # one per batch: unguessable by the code under test all the same
-        prepared = [self._prepared(ex, out, marker) for ex, out in zip(examples, outputs)]
-        results = run_many([program for _, program in prepared], limits=_limits(self.timeout), workers=workers,
-                           success_marker=marker)
-        return [_verdict(code, r) for (code, _), r in zip(prepared, results)]
-
-
-def _new_marker() -> str:
-    return f"T2-TESTS-PASSED-{secrets.token_hex(8)}"
+        codes = [self.extract(ex, out) for ex, out in zip(examples, outputs)]
+        checks = [self.check(ex, code) for ex, code in zip(examples, codes)]
+        results = run_checks(checks, limits=_limits(self.timeout), workers=workers)
+        return [_verdict(code, r) for code, r in zip(codes, results)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from ..errors import T2Error
+from ..sandbox import CodeCheck
 from ._data import pick_split, read_jsonl
 from .arc import SYSTEM as CHOICE_SYSTEM
 from .arc import format_choices, score_choice
@@ -199,5 +200,5 @@ class CustomCodeTask(_Custom, CodeTask):
         _Custom.__init__(self, timeout=timeout, **kw)
         CodeTask.__init__(self, timeout=timeout)
 
-    def program(self, example: Example, code: str) -> str:
-        return code + "\n\n" + "\n".join(example.tests)
+    def check(self, example: Example, code: str) -> CodeCheck:
+        return CodeCheck(solution=code, tests="\n".join(example.tests))

@@ -14,12 +14,13 @@ anything else is taken as the body and appended to the prompt.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from ..sandbox import CodeCheck
 from ._data import local_or_hub, need, pick_split, where
 from .base import Example
 from .code import SYSTEM, CodeTask
+from .code_extraction import defines
 
 
 def as_body(code: str) -> str:
@@ -56,10 +57,14 @@ class HumanEval(CodeTask):
     def response_prefix(self, example: Example) -> str:
         return f"```python\n{example.prompt.strip()}"
 
-    def program(self, example: Example, code: str) -> str:
+    def check(self, example: Example, code: str) -> CodeCheck:
         entry = example.meta["entry_point"]
-        if re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.M):
+        if defines(code, entry):  # def, async def, or an assignment such as `f = lambda …`
             solution = example.prompt + "\n" + code  # the full function replaces the prompt's stub
         else:
             solution = example.prompt + as_body(code)
-        return f"{solution}\n\n{example.tests[0]}\n\ncheck({entry})\n"
+        # The judge runs the prompt too (trusted: its imports and helpers such as `poly`, which some checks call),
+        # then `check(candidate)`; `candidate` and the entry point's own name (HumanEval/33's check calls
+        # `sort_third` directly) both stand for the program's function, as in the original single program.
+        return CodeCheck(solution=solution, tests=f"{example.tests[0]}\n\ncheck(candidate)\n",
+                         judge_setup=example.prompt, aliases={"candidate": entry, entry: entry})

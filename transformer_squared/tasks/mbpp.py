@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import T2Error
+from ..sandbox import CodeCheck
 from ._data import data_file, hub_rows, need, pick_split, read_json_array, read_jsonl, resolve_dir, where
 from .base import Example
 from .code import SYSTEM, CodeTask
@@ -96,6 +97,12 @@ class MBPP(CodeTask):
     def response_prefix(self, example: Example) -> str:
         return "```python\n"
 
-    def program(self, example: Example, code: str) -> str:
-        # Order as in the original MBPP evaluation: solution, setup code, then the asserts.
-        return "\n\n".join([code, example.meta["setup"], "\n".join(example.tests)])
+    def check(self, example: Example, code: str) -> CodeCheck:
+        # Order as in the original MBPP evaluation: solution, setup code, then the asserts. The setup builds
+        # fixtures from the solution's own classes (`root = Node(1)`), so it runs with the candidate; the judge
+        # reaches them by name, and imports the standard-library modules the asserts use (`math`, `sys`). The
+        # entry point is bound explicitly, as it may shadow a builtin (mbpp/126 is called `sum`); other builtins
+        # the asserts use stay the judge's own.
+        entry = example.meta.get("entry_point")
+        return CodeCheck(solution=f"{code}\n\n{example.meta['setup']}\n", tests="\n".join(example.tests),
+                         aliases={entry: entry} if entry else {})

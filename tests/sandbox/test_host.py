@@ -1,10 +1,12 @@
-"""Every hostile program ends as a failed sample within its limit, and the host carries on.
+"""Every hostile program ends as a failed sample within its limit, the host carries on, and the program sees and
+changes nothing of the host: not its process table, not its files, not a user namespace of its own.
 
 Timing asserts are generous (the CI box is shared and loaded): they check "bounded", not "fast".
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from transformer_squared.errors import T2Error
-from transformer_squared.sandbox import SandboxLimits, isolation_report, run_many, run_python
+from transformer_squared.sandbox import (
+    CodeCheck,
+    SandboxLimits,
+    isolation_report,
+    run_check,
+    run_checks,
+    run_many,
+    run_python,
+)
 
 SLACK = 6.0  # seconds on top of a timeout: bootstrap start, the kill, a loaded machine
 QUICK = SandboxLimits(timeout=2.0)
@@ -115,10 +125,11 @@ def test_cannot_write_root_owned_places_it_can_see():
     mtime = os.stat("/etc/passwd").st_mtime_ns
     program = f"import os\nopen({str(probe)!r}, 'w').close()\n"
     try:
+        refused = ("PermissionError", "Read-only file system")  # the fresh uid, and the read-only mounts
         r = run_python(program, limits=QUICK)
-        assert r.status == "failed" and "PermissionError" in r.stderr
+        assert r.status == "failed" and any(why in r.stderr for why in refused)
         r = run_python("import os\nos.utime('/etc/passwd')\n", limits=QUICK)  # harmless even if it worked
-        assert r.status == "failed" and "PermissionError" in r.stderr
+        assert r.status == "failed" and any(why in r.stderr for why in refused)
         assert not probe.exists() and os.stat("/etc/passwd").st_mtime_ns == mtime
     finally:
         probe.unlink(missing_ok=True)
@@ -140,17 +151,13 @@ def test_no_connection_arrives_from_the_sandbox():
 
 
 def test_os_exit_before_the_tests_is_not_a_pass():
-    harness = "import os\n{early}\nassert 1 + 1 == 3\nprint('__T2_TESTS_PASSED__')\n"
-    cheat = run_python(harness.format(early="os._exit(0)"), success_marker="__T2_TESTS_PASSED__")
-    assert (cheat.passed, cheat.status, cheat.returncode) == (False, "failed", 0)
-    honest = run_python(
-        "assert 1 + 1 == 2\nprint('noise')\nprint('__T2_TESTS_PASSED__')\n", success_marker="__T2_TESTS_PASSED__"
-    )
+    tests = "assert add(1, 1) == 3\n"  # no function can pass this: only a forged verdict could
+    cheats = ["import os\nos._exit(0)\n", "import sys\nsys.exit(0)\n",
+              "def add(a, b):\n    import os\n    os._exit(0)\n", "print('__T2_TESTS_PASSED__')\n"]
+    results = run_checks([CodeCheck(solution=c, tests=tests) for c in cheats], limits=QUICK)
+    assert [(r.passed, r.status) for r in results] == [(False, "failed")] * len(cheats)
+    honest = run_check(CodeCheck(solution="def add(a, b):\n    return a + b\n", tests="assert add(1, 1) == 2\n"))
     assert honest.passed, honest.stderr
-    early_marker = run_python(
-        "print('__T2_TESTS_PASSED__')\nprint('later output')\n", success_marker="__T2_TESTS_PASSED__"
-    )
-    assert not early_marker.passed
 
 
 @pytest.mark.parametrize(
@@ -184,8 +191,8 @@ def test_gigabytes_of_output_are_capped_and_do_not_hang():
         "import sys\nchunk = 'y' * (1 << 20)\nfor _ in range(256):\n    sys.stdout.write(chunk)\n"
         "print()\nprint('DONE')\n"
     )
-    r = run_python(finite, limits=SandboxLimits(timeout=30, max_output_bytes=10_000), success_marker="DONE")
-    assert r.passed, r.stderr  # the marker is found after the cap: the last bytes are kept too
+    r = run_python(finite, limits=SandboxLimits(timeout=30, max_output_bytes=10_000))
+    assert r.passed, r.stderr  # a program that writes past the cap is not held up by it
     assert r.stdout == "y" * 10_000
 
 
@@ -236,3 +243,102 @@ def test_program_killed_by_a_signal_is_killed():
 def test_invalid_limits_are_a_user_error():
     with pytest.raises(T2Error, match="timeout"):
         SandboxLimits(timeout=0)
+
+
+def _isolated(feature: str) -> None:
+    if not getattr(isolation_report(), feature):
+        pytest.skip(f"this machine does not give the sandbox {feature} (see isolation_report())")
+
+
+def test_the_host_process_table_is_out_of_sight():
+    _isolated("own_proc")
+    token = f"t2-host-secret-{uuid.uuid4().hex}"
+    import subprocess
+    import sys
+
+    host_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", token])
+    try:
+        program = f"""
+import os
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+seen = []
+for pid in pids:
+    try:
+        seen.append(open(f"/proc/{{pid}}/cmdline", "rb").read())
+    except OSError:
+        pass
+print(len(pids), {token!r}.encode() in b"".join(seen), {host_process.pid} in pids and {host_process.pid} != os.getpid(),
+      os.getpid(), os.path.exists("/proc/1/cmdline"))
+"""
+        r = run_python(program, limits=QUICK)
+        assert r.passed, r.stderr
+        count, token_seen, host_pid_seen, own_pid, init_visible = r.stdout.split()
+        assert (token_seen, host_pid_seen) == ("False", "False")
+        assert int(count) <= 2 and int(own_pid) <= 3  # itself only: init (pid 1) runs as root, hidden by hidepid
+        assert init_visible == ("False" if isolation_report().dropped_privileges else "True")
+    finally:
+        host_process.kill()
+        host_process.wait()
+
+
+def test_cannot_create_user_namespaces():
+    _isolated("user_namespaces_blocked")
+    program = """
+import ctypes, os, shutil, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+print("unshare", libc.unshare(CLONE_NEWUSER), ctypes.get_errno())
+pid = libc.syscall(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)  # raw clone(2) on x86_64; other arches: ENOSYS
+if pid == 0:
+    os._exit(0)
+print("clone", pid if pid < 0 else "child", ctypes.get_errno())
+if pid > 0:
+    os.waitpid(pid, 0)
+if shutil.which("unshare"):
+    print("unshare-tool", subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode)
+print("fork-still-works", subprocess.run(["true"]).returncode)
+"""
+    r = run_python(program, limits=QUICK)
+    assert r.passed, r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert lines["unshare"] == "-1 1"  # EPERM
+    assert lines["clone"].startswith("-1")
+    assert lines.get("unshare-tool", "1") != "0"
+    assert lines["fork-still-works"] == "0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the program may write whatever that user may write")
+def test_nothing_written_outlives_the_run():
+    _isolated("read_only_host")
+    name = f"t2-sandbox-probe-{uuid.uuid4().hex}"
+    places = [d for d in ("/run/lock", "/var/lock", "/var/tmp", "/tmp", "/dev/shm", "/dev/mqueue", "/var/crash")
+              if os.path.isdir(d)]
+    program = f"""
+import os
+written = []
+for d in {places!r}:
+    try:
+        with open(os.path.join(d, {name!r}), "w") as f:
+            f.write("persist?")
+        written.append(d)
+    except OSError:
+        pass
+print(" ".join(written))
+"""
+    try:
+        r = run_python(program, limits=QUICK)
+        assert r.passed, r.stderr
+        assert set(r.stdout.split()) <= {"/tmp", "/var/tmp", "/dev/shm"}  # its private tmpfs mounts only
+        assert [d for d in places if os.path.exists(os.path.join(d, name))] == []
+    finally:
+        for d in places:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, name))
+
+
+def test_isolation_report_on_a_root_host():
+    if os.geteuid() != 0:
+        pytest.skip("the full isolation needs root (or user namespaces and libseccomp)")
+    report = isolation_report()
+    assert {"pid", "mnt", "ipc", "net"} <= set(report.namespaces)
+    assert report.own_proc and report.read_only_host and report.network_isolated
