@@ -7,7 +7,6 @@ import pytest
 
 from transformer_squared.tasks.scoring import (
     extract_choice,
-    extract_code,
     extract_final_number,
     extract_math_answer,
     find_numbers,
@@ -251,25 +250,3 @@ def test_math_equal_leaves_a_callers_alarm_alone():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-# ------------------------------------------------------------------------------------------------ code
-
-
-def test_extract_code_prefers_block_defining_entry_point():
-    text = ("Here is an example:\n```python\nprint(add(1, 2))\n```\nand the solution:\n"
-            "```python\ndef add(a, b):\n    return a + b\n```\n")
-    assert extract_code(text, "add") == "def add(a, b):\n    return a + b"
-    assert extract_code(text) == "print(add(1, 2))"     # without an entry point: the first Python block
-
-
-def test_extract_code_forms():
-    assert extract_code("```py\nx = 1\n```") == "x = 1"
-    assert extract_code("```\nx = 1\n```") == "x = 1"
-    assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1"   # cut off, unclosed
-    # a prefilled reply ("```python" was in the prompt) ends at its first, untagged fence
-    assert extract_code("    return a + b\n```\n\nThis adds.\n```python\nprint(1)\n```") == "    return a + b"
-    assert extract_code("def f():\n    return 1\n") == "def f():\n    return 1"
-    # unfenced prose before the code is dropped when the whole text does not parse
-    assert extract_code("Sure! Here it is:\ndef f():\n    return 1") == "def f():\n    return 1"
-    assert extract_code("```text\nhello\n```") == "hello"

@@ -8,7 +8,7 @@ Each fixes a bug of the reference code (SPEC §3):
   pronoun "I", the article "A") is never taken, and nothing is guessed when no answer is found;
 - MATH: the last \\boxed{} (nested braces, \\fbox), compared by Hugging Face's `math-verify` (the grader of
   open-r1 and lighteval) in a helper process that is killed when it overruns its time bound;
-- code: the ```python block that defines the entry point, else the first code block, else the whole text.
+- code: `extract_code`, re-exported from `code_extraction` (fenced blocks, prose, bodies, main blocks).
 """
 
 from __future__ import annotations
@@ -305,52 +305,5 @@ def verify_math(pred: str, gold: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- code
 
-_FENCE = re.compile(r"```")
-_BLOCK = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_PY_TAGS = {"python", "py", "python3", "py3", ""}
-
-
-def extract_code(text: str, entry_point: str | None = None) -> str:
-    """The program in a model's reply.
-
-    Fenced blocks first: among Python (or untagged) blocks, the first that defines `entry_point`, else the first
-    Python block, else the first block of any kind; an unclosed last block (cut off by the token budget) counts.
-    A reply that *starts* inside a block (the paper prefilled "```python") ends at its first, untagged fence: the
-    code is the text before it. No fence at all: the whole text.
-    """
-    fences = [m.start() for m in _FENCE.finditer(text)]
-    if not fences:
-        return _drop_leading_prose(text.strip("\n"))
-    first_tag = re.match(r"```[ \t]*([\w+.-]*)", text[fences[0]:]).group(1)
-    if len(fences) % 2 == 1 and not first_tag and text[:fences[0]].strip():
-        return text[:fences[0]].strip("\n")
-    blocks = [(tag.lower(), body) for tag, body in _BLOCK.findall(text)]
-    python = [body for tag, body in blocks if tag in _PY_TAGS]
-    if entry_point:
-        pattern = re.compile(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M)
-        for body in python:
-            if pattern.search(body):
-                return body.strip("\n")
-    if python:
-        return python[0].strip("\n")
-    return blocks[0][1].strip("\n") if blocks else text.strip("\n")
-
-
-def _drop_leading_prose(code: str) -> str:
-    """Unfenced reply: if it does not parse, drop lines before the first one that starts Python code."""
-    if _compiles(code):
-        return code
-    lines = code.splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"(?:def|class|import|from|async\s+def|@)\b|[A-Za-z_]\w*\s*=", line):
-            rest = "\n".join(lines[i:])
-            return rest if _compiles(rest) or i > 0 else code
-    return code
-
-
-def _compiles(code: str) -> bool:
-    try:
-        compile(code, "<reply>", "exec")  # parses only; nothing runs
-        return True
-    except Exception:  # SyntaxError, and RecursionError/MemoryError on pathological input
-        return False
+# Code extraction lives in its own module; re-exported here, where the other extractors are.
+from .code_extraction import extract_code  # noqa: E402,F401
