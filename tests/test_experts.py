@@ -80,3 +80,102 @@ def test_mix_is_linear_in_effective_z():
         mix([a, b], [1.0])
     with pytest.raises(T2Error, match="different matrices"):
         mix([a, Expert.identity({"x": [2, 2]}, META)], [0.5, 0.5])
+
+
+def _saved(tmp_path) -> "Path":
+    Expert.identity(SHAPES, META).save(tmp_path / "e")
+    return tmp_path / "e"
+
+
+def _rewrite_meta(d, change) -> None:
+    meta = json.loads((d / "expert.json").read_text())
+    (d / "expert.json").write_text(json.dumps(change(meta)))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: [m], r"expected a JSON object \(expert metadata\), got an array"),
+    (lambda m: {**m, "shapes": list(m["shapes"].values())}, "'shapes' must be a non-empty object"),
+    (lambda m: {**m, "shapes": {}}, "'shapes' must be a non-empty object"),
+    (lambda m: {**m, "shapes": {**m["shapes"], "l.0.mlp.up": [8, "4"]}},
+     r"shapes\['l.0.mlp.up'\] must be \[out, in\]"),
+    (lambda m: {**m, "base_model": "tiny"}, r"'base_model' is a string, not an object"),
+    (lambda m: {**m, "base_model": {"name": "tiny"}}, "'base_model' has no 'fingerprint'.*nothing ties this expert"),
+    (lambda m: {k: v for k, v in m.items() if k != "base_model"}, "'base_model' is missing.*nothing ties"),
+    (lambda m: {**m, "name": ["x"]}, "'name' must be a string"),
+    (lambda m: {**m, "training": "long"}, "'training' must be an object"),
+])
+def test_metadata_of_the_wrong_shape_is_refused_in_one_line(tmp_path, change, match):
+    d = _saved(tmp_path)
+    _rewrite_meta(d, change)
+    with pytest.raises(T2Error, match=match) as info:
+        Expert.load(d)
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_that_is_not_utf8_or_nested_too_deep_is_one_line(tmp_path):
+    d = _saved(tmp_path)
+    (d / "expert.json").write_bytes('{"name": "café", "format_version": 1}'.encode("latin-1"))
+    with pytest.raises(T2Error, match=r"expert.json:1: expert metadata is not UTF-8 text \(byte 0xe9"):
+        Expert.load(d)
+    (d / "expert.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(T2Error, match="nested too deeply"):
+        Expert.load(d)
+
+
+def test_utf16_metadata_with_a_bom_is_read(tmp_path):
+    d = _saved(tmp_path)
+    text = (d / "expert.json").read_text()
+    (d / "expert.json").write_bytes(text.encode("utf-16"))  # declares itself with a byte-order mark
+    assert Expert.load(d).meta["base_model"]["fingerprint"] == "abc"
+
+
+@pytest.mark.parametrize("value, match", [(float("inf"), "not a finite"), (float("nan"), "not a finite"),
+                                          (2e6, r"\|z\| = 2e\+06"), (-1e6, r"\|z\| = 1e\+06")])
+def test_non_finite_or_absurd_z_is_refused_on_load_and_save(tmp_path, value, match):
+    from safetensors.torch import save_file
+
+    d = _saved(tmp_path)
+    e = Expert.load(d)
+    e.z["l.0.mlp.down"][1] = value
+    save_file({n: t.contiguous() for n, t in e.z.items()}, str(d / "expert.safetensors"))
+    with pytest.raises(T2Error, match=match):
+        Expert.load(d)
+    with pytest.raises(T2Error, match=match):
+        e.save(tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_z_length_mismatch_names_both_lengths(tmp_path):
+    from safetensors.torch import save_file
+
+    d = _saved(tmp_path)
+    z = {n: torch.ones(min(s)) for n, s in SHAPES.items()}
+    z["l.1.mlp.up"] = torch.ones(3)
+    save_file(z, str(d / "expert.safetensors"))
+    with pytest.raises(T2Error, match=r"z for l.1.mlp.up has 3 values, its matrix of shape \[8, 4\] needs 4"):
+        Expert.load(d)
+    e = Expert(z, {**META, "shapes": {}})  # in memory: the model's shapes are what it is checked against
+    with pytest.raises(T2Error, match=r"has 3 values of z for l.1.mlp.up, the model's matrix there is \[8, 4\] "
+                                      r"and needs 4"):
+        e.check_compatible(SHAPES, "abc")
+
+
+def test_a_large_weights_file_is_refused_by_size_before_it_is_read(tmp_path, monkeypatch):
+    import transformer_squared.experts as experts
+
+    d = _saved(tmp_path)
+    with open(d / "expert.safetensors", "ab") as f:
+        f.truncate(experts.HEADER_SLACK_BYTES + 10_000)  # sparse: large on paper, cheap on disk
+    monkeypatch.setattr(experts, "load_file", lambda *_: pytest.fail("read a file that is too large"))
+    with pytest.raises(T2Error, match="more than the .* an expert of these 3 matrices can take"):
+        Expert.load(d)
+    _rewrite_meta(d, lambda m: {**m, "padding": "x" * experts.MAX_META_BYTES})
+    with pytest.raises(T2Error, match="expert metadata is .* bytes, more than the"):
+        Expert.load(d)
+
+
+def test_weights_and_metadata_must_list_the_same_matrices(tmp_path):
+    d = _saved(tmp_path)
+    _rewrite_meta(d, lambda m: {**m, "shapes": {**m["shapes"], "l.1.mlp.down": [4, 8]}})
+    with pytest.raises(T2Error, match="holds 3 matrices, expert.json lists 4"):
+        Expert.load(d)

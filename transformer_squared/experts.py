@@ -24,11 +24,66 @@ from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .errors import T2Error
-from .fileio import atomic_path, atomic_write_json
+from .fileio import atomic_path, atomic_write_json, json_kind, read_json
 
 FORMAT_VERSION = 1
 WEIGHTS = "expert.safetensors"
 META = "expert.json"
+# Refused by size before reading: the metadata of the largest models is a few hundred KB (one shape per matrix),
+# and z holds min(out, in) fp32 values per matrix, so anything much larger is not an expert.
+MAX_META_BYTES = 16 << 20
+HEADER_SLACK_BYTES = 1 << 20  # safetensors' JSON header: names, dtypes, offsets and metadata
+# |z| this large multiplies singular values by a million: no training run makes it, and merging it overflows
+# bf16 and destroys the model, so a file holding it is corrupt or hand-edited.
+MAX_ABS_Z = 1e6
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """An expert.json, checked to be the metadata of an expert for a definite model, or a one-line T2Error.
+
+    The checks are written out rather than declared as a pydantic model: they are a dozen lines, pydantic is
+    not otherwise a core dependency, and each refusal says in our words what to do.
+    """
+    path = Path(path)
+    meta = read_json(path, what="expert metadata", max_bytes=MAX_META_BYTES)
+    if not isinstance(meta, dict):
+        raise T2Error(f"{path}: expected a JSON object (expert metadata), got {json_kind(meta)}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise T2Error(f"{path}: expert format version {version!r}, this library reads {FORMAT_VERSION}; "
+                      f"upgrade transformer-squared")
+    base = meta.get("base_model")
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str) or not base["fingerprint"]:
+        problem = ("is missing" if base is None else "has no 'fingerprint'" if isinstance(base, dict)
+                   else f"is {json_kind(base)}, not an object")
+        raise T2Error(f"{path}: no base model identity ('base_model' {problem}): nothing ties this expert to a "
+                      f"model; re-create it with `t2 expert init` or `t2 train`")
+    shapes = meta.get("shapes")
+    if not isinstance(shapes, dict) or not shapes:
+        raise T2Error(f"{path}: 'shapes' must be a non-empty object of matrix name -> [out, in], got "
+                      f"{json_kind(shapes)}")
+    for name, shape in shapes.items():
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise T2Error(f"{path}: shapes[{name!r}] must be [out, in], two positive integers, got "
+                          f"{json.dumps(shape)[:40]}")
+    for key in ("name", "domain", "task", "targets"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise T2Error(f"{path}: {key!r} must be a string, got {json_kind(meta[key])}")
+    for key in ("training", "metrics"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise T2Error(f"{path}: {key!r} must be an object, got {json_kind(meta[key])}")
+    return meta
+
+
+def check_z(z: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse z that is not a finite 1-D tensor, or holds a multiplier of absolute value ≥ MAX_ABS_Z."""
+    for n, t in z.items():
+        if t.dim() != 1 or not t.is_floating_point() or not torch.isfinite(t).all():
+            raise T2Error(f"{where}: z for {n} is not a finite 1-D float tensor")
+        if t.numel() and (peak := float(t.detach().abs().max())) >= MAX_ABS_Z:
+            raise T2Error(f"{where}: z for {n} reaches |z| = {peak:.3g} (at most {MAX_ABS_Z:g} is plausible): "
+                          f"a corrupt or hand-edited expert")
 
 
 @dataclass
@@ -74,9 +129,7 @@ class Expert:
     def save(self, directory: str | Path) -> Path:
         """Write the expert directory atomically (an existing one is replaced only when the new one is complete)."""
         directory = Path(directory)
-        for n, t in self.z.items():
-            if t.dim() != 1 or not torch.isfinite(t).all():
-                raise T2Error(f"refusing to save expert: z for {n} is not a finite 1-D tensor")
+        check_z(self.z, f"refusing to save expert {self.name!r}")
         meta = {
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
@@ -104,23 +157,27 @@ class Expert:
         weights, meta_path = directory / WEIGHTS, directory / META
         if not weights.is_file() or not meta_path.is_file():
             raise T2Error(f"{directory}: not an expert (needs {WEIGHTS} and {META})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise T2Error(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise T2Error(f"{directory}: expert format version {version!r}, this library reads {FORMAT_VERSION}; "
-                          f"upgrade transformer-squared")
+        meta = read_meta(meta_path)
+        shapes = meta["shapes"]
+        # z has min(out, in) fp32 values per matrix: refuse a bigger file before safetensors maps it.
+        limit = 4 * sum(min(s) for s in shapes.values()) + HEADER_SLACK_BYTES
+        if (size := weights.stat().st_size) > limit:
+            raise T2Error(f"{weights}: {size:,} bytes, more than the {limit:,} an expert of these {len(shapes)} "
+                          f"matrices can take; not this expert's weights")
         try:
             z = load_file(str(weights))
         except Exception as e:
             raise T2Error(f"{weights}: unreadable ({str(e).splitlines()[0]})") from None
-        for n, t in z.items():
-            if t.dim() != 1 or not torch.isfinite(t).all():
-                raise T2Error(f"{weights}: z for {n} is not a finite 1-D tensor")
-        order = [n for n in meta.get("shapes", {}) if n in z] + sorted(set(z) - set(meta.get("shapes", {})))
-        return cls({n: z[n].float() for n in order}, meta)  # model order (safetensors sorts keys)
+        check_z(z, str(weights))
+        if set(z) != set(shapes):
+            example = sorted(set(z) ^ set(shapes))[0]
+            raise T2Error(f"{directory}: {WEIGHTS} holds {len(z)} matrices, {META} lists {len(shapes)}; they "
+                          f"differ (e.g. {example!r}): the two files are not one expert")
+        for n, shape in shapes.items():
+            if z[n].numel() != min(shape):
+                raise T2Error(f"{weights}: z for {n} has {z[n].numel()} values, its matrix of shape {shape} "
+                              f"needs {min(shape)}: the two files are not one expert")
+        return cls({n: z[n].float() for n in shapes}, meta)  # model order (safetensors sorts keys)
 
     # -- checking against a model ----------------------------------------------------------------------------
     def check_compatible(self, shapes: Mapping[str, Sequence[int]], fingerprint: str | None = None, *,
@@ -140,9 +197,12 @@ class Expert:
                           f"({self.meta.get('targets', '?')})")
         for n, s in shapes.items():
             want = min(s)
-            if self.z[n].numel() != want or (n in self.shapes() and list(self.shapes()[n]) != list(s)):
-                raise T2Error(f"expert {self.name!r} was made for {n} of shape {self.shapes().get(n)}, "
+            if n in self.shapes() and list(self.shapes()[n]) != list(s):
+                raise T2Error(f"expert {self.name!r} was made for {n} of shape {self.shapes()[n]}, "
                               f"{model_name} has {list(s)}: wrong model")
+            if self.z[n].numel() != want:
+                raise T2Error(f"expert {self.name!r} has {self.z[n].numel()} values of z for {n}, {model_name}'s "
+                              f"matrix there is {list(s)} and needs {want}: wrong model")
         base_fp = (self.meta.get("base_model") or {}).get("fingerprint")
         if fingerprint and base_fp and base_fp != fingerprint and not allow_transfer:
             base_name = (self.meta.get("base_model") or {}).get("name", "another model")

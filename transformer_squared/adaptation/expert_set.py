@@ -14,13 +14,12 @@ router draw their prompts from those tasks' *training* splits.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import T2Error
-from ..experts import META, Expert
+from ..experts import META, Expert, read_meta
 from .labels import OTHERS
 from .strategy import Choice
 
@@ -61,11 +60,7 @@ def scan(directory: str | Path) -> list[Entry]:
         meta_path = sub / META
         if not meta_path.is_file():
             continue
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise T2Error(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        entries.append(Entry(name, sub, meta))
+        entries.append(Entry(name, sub, read_meta(meta_path)))  # checked: one-line errors on a bad file
     return entries
 
 

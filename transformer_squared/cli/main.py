@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -25,6 +26,10 @@ COMMANDS = [
     "chat",
     "serve",
 ]
+
+
+# OSErrors that mean "the disk refused the write" rather than a bug: reported in one line, exit status 2.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except T2Error as e:
         print(f"t2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        # A full disk, a quota, a read-only mount: the user's to fix, wherever in the library the write was.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"t2 {args.command}: error: {where}{e.strerror or e}; free some space or write elsewhere "
+              f"(files are written atomically: what was there before is intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"t2 {args.command}: interrupted", file=sys.stderr)

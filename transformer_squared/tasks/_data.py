@@ -6,11 +6,11 @@ given, from the Hugging Face hub through `datasets` (an optional dependency, imp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import T2Error
+from ..fileio import json_kind, json_lines, read_json
 from ..paths import data_dir as _resolve_data_dir
 
 _HOW = "pass --data-dir (or data_dir=) pointing at a directory laid out like shared/data, or set T2_DATA_DIR"
@@ -32,29 +32,22 @@ def data_file(root: Path, relative: str) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file; a line that is not a JSON object is a T2Error naming `path:line`."""
+def read_jsonl(path: Path, what: str = "data file") -> list[dict]:
+    """All rows of a JSONL file; a line that is not a JSON object is a T2Error naming `path:line`.
+
+    UTF-8, or UTF-16/32 when the file declares it (`fileio.read_text`); other encodings are a one-line error.
+    """
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise T2Error(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise T2Error(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append({**row, "_line": lineno})
+    for lineno, row in json_lines(path, what=what):
+        if not isinstance(row, dict):
+            raise T2Error(f"{path}:{lineno}: expected a JSON object, got {json_kind(row)}")
+        rows.append({**row, "_line": lineno})
     return rows
 
 
 def read_json_array(path: Path) -> list[dict]:
     """Rows of a file holding one JSON array of objects (sanitized MBPP); `_line` is the 1-based item number."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise T2Error(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_json(path, what="data file")
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise T2Error(f"{path}: expected a JSON array of objects")
     return [{**row, "_line": i} for i, row in enumerate(data, 1)]

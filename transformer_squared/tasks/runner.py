@@ -23,7 +23,10 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise T2Error(f"{path}: no such predictions file")
-    return [_check_prediction(row, f"{path}:{row['_line']}") for row in read_jsonl(path)]
+    rows = [_check_prediction(row, f"{path}:{row['_line']}") for row in read_jsonl(path, "predictions file")]
+    if not rows:
+        raise T2Error(f"{path}: no predictions in the file; write one {{\"id\", \"output\"}} object per line")
+    return rows
 
 
 def _check_prediction(row, at: str) -> dict:
@@ -53,6 +56,8 @@ def score_predictions(task: Task | str, split: str | None, predictions: str | Pa
         rows = read_predictions(predictions)
     else:
         rows = [_check_prediction(r, f"prediction {i + 1}") for i, r in enumerate(predictions)]
+        if not rows:
+            raise T2Error("no predictions to score")  # an accuracy over nothing would read as 0.0
     examples = {ex.id: ex for ex in task.load(split, data_dir)}
     seen: dict[str, str] = {}
     for row in rows:
