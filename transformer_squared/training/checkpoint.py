@@ -9,6 +9,7 @@ next to the old one and swapped in with a rename, so a crash mid-write leaves th
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from .._version import __version__
 from ..errors import T2Error
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -40,11 +41,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(directory: Path, state: dict[str, Any], info: dict[str, Any]) -> Path:
-    """Write `state` (torch.save) and `info` (JSON) into `directory`, atomically as a whole."""
-    with atomic_path(directory) as tmp:
-        tmp.mkdir()
-        torch.save(state, tmp / STATE)
-        atomic_write_json(tmp / CONFIG, {**info, "library_version": __version__})
+    """Write `state` (torch.save) and `info` (JSON) into `directory`, atomically as a whole.
+
+    A failed write (a full disk, a quota) is a one-line T2Error, and the previous checkpoint stays as it was.
+    """
+    # Serialised in memory first: torch.save's own file writer reports a full disk as a RuntimeError that
+    # names no errno; `atomic_write_bytes` raises the OSError itself. The state is small (z and its optimizer
+    # moments, or a LoRA adapter's), so the extra copy costs little.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            atomic_write_bytes(tmp / STATE, buffer.getbuffer())
+            atomic_write_json(tmp / CONFIG, {**info, "library_version": __version__})
+    except OSError as e:
+        kept = "the previous checkpoint is intact" if (directory / STATE).is_file() else "no checkpoint was kept"
+        raise T2Error(f"{directory}: could not write the checkpoint ({e.strerror or e}); {kept}: free some "
+                      f"space, then rerun with --resume") from None
     return directory
 
 
@@ -62,9 +76,14 @@ def load(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, info
 
 
+# Where the run lives is not part of its recipe: a run directory moved or copied elsewhere resumes from there.
+LOCATION_FIELDS = ("out",)
+
+
 def check_same_recipe(saved: dict[str, Any], current: dict[str, Any], directory: Path) -> None:
     """Refuse to resume with options that would change the result."""
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    diff = sorted(k for k in set(saved) | set(current)
+                  if k not in LOCATION_FIELDS and saved.get(k) != current.get(k))
     if diff:
         k = diff[0]
         raise T2Error(f"{directory} was made with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r} "
