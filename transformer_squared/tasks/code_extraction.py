@@ -5,8 +5,8 @@ The rules, in order. Each is compared with the two reference harnesses: openai/h
 longest run of lines that parses (`code_extract`), then keeps only imports, classes, functions and assignments
 (those the entry point reaches when one is given).
 
-1. Continuation. A reply whose first fence is an untagged ``` with code before it started inside a block (the task
-   prefilled "```python"): the code is the text before that fence, whatever follows. "Code" means it compiles as a
+1. Continuation. A reply whose first fence is an untagged ``` with code before it, started inside a block (the
+   task prefilled "```python"): the code is the text before that fence, whatever follows. "Code" means it compiles as a
    module or as a function body and is not just a bare word ("Sure", "Solution" compile but are prose).
    human-eval expects exactly such a continuation; evalplus reaches the same text via its longest-run rule.
 2. Fenced blocks. ```tag … ```; a last block never closed (the token budget cut the reply) runs to the end of the
@@ -15,13 +15,15 @@ longest run of lines that parses (`code_extract`), then keeps only imports, clas
    (`def`, `async def`, `class`, or a top-level assignment such as `f = lambda …`), else the first such block, else
    the first block of any tag. A closed block is taken as written (a syntax error in it is the model's); an
    unclosed one that does not compile is cut to its longest compiling prefix, so a line cut in half by the budget
-   after a finished solution does not fail it. evalplus applies its longest-run rule to the whole reply instead,
-   which also stitches nothing across blocks; human-eval would run the fences themselves and fail.
-3. No fence (or no complete block line): the longest run of consecutive lines that compiles as a module or as a
-   function body, by non-blank lines, the earliest of equals; bare-word lines ("Sure") neither start nor end a
-   run. So prose before and after the code is dropped (evalplus's `code_extract` rule), and a function body
-   written flush left is kept whole, guard clauses included: the task indents it (`humaneval.as_body`). Text in
-   which nothing compiles is returned as is and fails in the sandbox with its own syntax error.
+   after a finished solution does not fail it. evalplus instead takes the longest compiling run of the whole
+   reply, which likewise never joins two blocks (fence lines do not compile); human-eval would run the fence
+   lines themselves and fail.
+3. No fence (or only fences that open no block: no line break after them): the longest run of consecutive lines
+   that compiles as a module or as a function body, by non-blank lines, the earliest of equals; bare-word lines
+   ("Sure") neither start nor end a run. So prose before and after the code is dropped (evalplus's
+   `code_extract` rule), and a function body written flush left is kept whole, guard clauses included: the task
+   indents it (`humaneval.as_body`). Text in which nothing compiles is returned as is and fails in the sandbox
+   with its own syntax error.
 4. Finally a top-level `if __name__ == "__main__":` block is dropped, with its `else:` and everything indented
    under it. It is a script's entry point (reads stdin, prints demos); the sandbox runs the program as `__main__`
    with stdin at /dev/null, so it would fail (EOFError) or, if cut off, not compile. Under human-eval such a block
