@@ -20,6 +20,7 @@ COMMANDS = [
     "generate",
     "eval",
     "score",
+    "compare",
     "train",
     "adapt",
     "run",
