@@ -77,3 +77,24 @@ def test_errors(tmp_path):
         get_task("dispatch", experts=tmp_path / "nope")
     with pytest.raises(T2Error, match="unknown task"):
         get_task("dispatch", domains={"math": "gsm9k"})
+
+
+def test_prompt_forms_plain_and_mixed(shared_data):
+    """`form` writes prompts as the benchmark does, as a user would type them, or a seeded mix of both."""
+    template = get_task("dispatch", per_domain=20).load("train", shared_data)
+    plain = get_task("dispatch", per_domain=20, form="plain").load("train", shared_data)
+    mixed = get_task("dispatch", per_domain=20, form="mixed").load("train", shared_data)
+    assert [ex.id for ex in template] == [ex.id for ex in plain]  # same items, other wording
+    assert {ex.meta["form"] for ex in template} == {"template"} and {ex.meta["form"] for ex in plain} == {"plain"}
+    by_id = {ex.id: ex for ex in template}
+    for ex in plain:
+        if ex.answer == "reasoning":  # options inline, no "Options:" block, no answer-format instruction
+            assert "Options:" not in ex.prompt and " or " in ex.prompt and ex.prompt.endswith("?")
+        if ex.answer == "code":  # the MBPP description without its assertion
+            assert "assert" not in ex.prompt and ex.prompt in by_id[ex.id].prompt
+    forms = Counter(ex.meta["form"] for ex in mixed)
+    assert forms["plain"] > 10 and forms["template"] > 10
+    assert [ex.meta["form"] for ex in mixed] == [ex.meta["form"] for ex in get_task(
+        "dispatch", per_domain=20, form="mixed").load("train", shared_data)]  # seeded
+    with pytest.raises(T2Error, match="form must be one of"):
+        get_task("dispatch", form="casual")

@@ -1,10 +1,12 @@
 """The prefill router: fits, separates clearly different prompt sets, thresholds to others, saves and loads."""
 
+import pytest
 import torch
 
 from transformer_squared.adaptation.labels import OTHERS
 from transformer_squared.adaptation.model import SelfAdaptiveModel
 from transformer_squared.adaptation.router import Router, RouterConfig, RouterStrategy, embed, fit_router
+from transformer_squared.errors import T2Error
 
 MATH = [f"What is {a} plus {b} times {a + b}? Compute {a * b} minus {b}." for a, b in
         [(3, 4), (12, 7), (5, 9), (21, 2), (8, 8), (13, 6), (40, 1), (7, 30)]]
@@ -65,3 +67,9 @@ def _params():
     from transformer_squared.generation import SamplingParams
 
     return SamplingParams(max_new_tokens=2)
+
+
+def test_router_config_checks_the_prompt_form():
+    assert RouterConfig().form == "mixed"
+    with pytest.raises(T2Error, match="router form must be one of"):
+        RouterConfig(form="casual")

@@ -55,3 +55,11 @@ def test_five_choice_items_accept_e(shared_data):
     examples = [ex for ex in get_task("arc-easy").load("test", shared_data) if len(ex.meta["choices"]) == 5]
     assert examples
     assert get_task("arc-easy").score(examples[0], f"the answer is ({examples[0].answer})").correct
+
+
+def test_plain_prompt_puts_the_options_inline(shared_data):
+    ex = get_task("arc-easy").load("test", shared_data)[3]
+    text = get_task("arc-easy").plain_prompt(ex)
+    choices = ex.meta["choices"]
+    assert text == f"{ex.prompt} {', '.join(choices[:-1])} or {choices[-1]}?"
+    assert "Options:" not in text and "answer is" not in text

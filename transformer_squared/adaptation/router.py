@@ -44,6 +44,8 @@ class RouterConfig:
     """How the router is fitted."""
 
     per_domain: int = field(default=64, metadata={"help": "training prompts per domain"})
+    form: str = field(default="mixed", metadata={"help": "how the fitting prompts are written: template (the "
+                                                         "benchmarks'), plain (as typed in a chat) or mixed"})
     layer: str | int = field(default="auto", metadata={"help": "hidden-state index (0 = embeddings) or 'auto'"})
     threshold_quantile: float = field(default=0.02, metadata={"help": "others below this quantile of in-domain "
                                                                       "similarity; 0 = never others"})
@@ -59,6 +61,10 @@ class RouterConfig:
             raise T2Error(f"threshold_quantile must be in [0, 1), got {self.threshold_quantile}")
         if not 0 < self.holdout < 1:
             raise T2Error(f"holdout must be in (0, 1), got {self.holdout}")
+        from ..tasks.dispatch import FORMS
+
+        if self.form not in FORMS:
+            raise T2Error(f"router form must be one of {', '.join(FORMS)}, got {self.form!r}")
         if self.layer != "auto" and not isinstance(self.layer, int):
             raise T2Error(f"router layer must be an integer or 'auto', got {self.layer!r}")
 
@@ -197,11 +203,13 @@ def fit_router(model, tokenizer, texts: dict[str, list[str]], config: RouterConf
     return Router(domains, cents, mean, int(best), threshold, meta)
 
 
-def training_texts(tasks: dict[str, str], per_domain: int, seed: int, data_dir=None) -> dict[str, list[str]]:
-    """domain -> `per_domain` prompts from its task's train split (via the dispatch task: balanced, seeded)."""
+def training_texts(tasks: dict[str, str], per_domain: int, seed: int, data_dir=None,
+                   form: str = "mixed") -> dict[str, list[str]]:
+    """domain -> `per_domain` prompts from its task's train split (via the dispatch task: balanced, seeded),
+    written as `form` says (see tasks/dispatch.py)."""
     from ..tasks.dispatch import DispatchTask
 
-    examples = DispatchTask(tasks, per_domain=per_domain, seed=seed).load("train", data_dir)
+    examples = DispatchTask(tasks, per_domain=per_domain, seed=seed, form=form).load("train", data_dir)
     out: dict[str, list[str]] = {d: [] for d in tasks}
     for ex in examples:
         out[ex.answer].append(ex.prompt)
@@ -237,7 +245,7 @@ def load_or_fit(runtime, config: RouterConfig | None = None, *, data_dir=None, r
     config = config or RouterConfig()
     runtime.cache.activate(None)
     texts = training_texts({d: experts.tasks[d] for d in experts.domains}, config.per_domain, config.seed,
-                           resolve_data_dir(data_dir))
+                           resolve_data_dir(data_dir), form=config.form)
     router = fit_router(am.model, am.tokenizer, texts, config)
     router.meta.update(fingerprint=am.fingerprint, base_model=am.base_identity(),
                        tasks={d: experts.tasks[d] for d in experts.domains})

@@ -50,6 +50,8 @@ def register(sub) -> None:
     g.add_argument("--router", action="store_true", help="fit the router instead (base model hidden states)")
     g.add_argument("--per-domain", type=int, default=64, help="training prompts per domain")
     g.add_argument("--layer", default="auto", help="hidden-state index, or auto (measure every layer)")
+    g.add_argument("--form", default="mixed", choices=("template", "plain", "mixed"),
+                   help="fitting prompts as the benchmarks write them, as users type them, or mixed (default)")
     g.add_argument("--threshold-quantile", type=float, default=0.02,
                    help="'others' below this quantile of in-domain similarity (0: never)")
     p.set_defaults(func=run)
@@ -91,7 +93,8 @@ def run_router(args) -> int:
             layer = int(layer)
         except ValueError:
             raise T2Error(f"--layer must be an integer or 'auto', got {args.layer!r}") from None
-    config = RouterConfig(per_domain=args.per_domain, layer=layer, threshold_quantile=args.threshold_quantile)
+    config = RouterConfig(per_domain=args.per_domain, layer=layer, threshold_quantile=args.threshold_quantile,
+                          form=args.form)
     rt = _runtime(args)
     router = load_or_fit(rt, config, data_dir=args.data_dir, refit=True)
     report = {"domains": router.domains, "layer": router.layer, "threshold": router.threshold,

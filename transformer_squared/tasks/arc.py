@@ -29,6 +29,12 @@ def format_choices(question: str, choices: list[str]) -> str:
     return question + "\nOptions:\n" + "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(choices))
 
 
+def plain_choices(question: str, choices: list[str]) -> str:
+    """A multiple-choice question without the benchmark's layout: the options inline, joined with "or"."""
+    options = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else "".join(choices)
+    return f"{question.rstrip()} {options}?"
+
+
 def choice_example(id: str, question: str, texts: list[str], labels: list[str], key: str, at: str) -> Example:
     """An Example for a multiple-choice item; `key` is the official answer label (a letter or "1"-"5")."""
     if not 2 <= len(texts) <= len(LETTERS) or len(texts) != len(labels):
@@ -84,6 +90,10 @@ class ARC(Task):
     def messages(self, example: Example) -> list[dict[str, str]]:
         return [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": format_choices(example.prompt, example.meta["choices"])}]
+
+    def plain_prompt(self, example: Example) -> str:
+        """The question with its options inline, as typed in a chat: "Which ...? gray, warm, long or soft"."""
+        return plain_choices(example.prompt, example.meta["choices"])
 
     def score(self, example: Example, output: str) -> Verdict:
         return score_choice(example, output)

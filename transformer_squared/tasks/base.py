@@ -63,6 +63,13 @@ class Task(ABC):
     def score(self, example: Example, output: str) -> Verdict:
         """Score the raw model output against the example."""
 
+    def plain_prompt(self, example: Example) -> str:
+        """The example as a user would type it into a chat: no system prompt, no answer-format instructions.
+
+        Dispatchers (the router, the dispatch expert) learn from both these and the templated prompts, so that
+        pass 1 recognises a domain in what users write, not only in the benchmark's template."""
+        return example.prompt
+
     def response_prefix(self, example: Example) -> str:
         """Text the assistant's reply starts with in the paper's template ("```python" for code), or "".
 

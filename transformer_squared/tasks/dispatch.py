@@ -6,6 +6,11 @@ the domain task would send (`Task.messages`), the answer the domain label; a rep
 (`adaptation.labels.extract_label`: last \\boxed{} wins, synonyms, unknown -> others) is the answer, so the RL
 reward is +1/-1 on the extracted label. The system message is the prompt strategy's classification prompt.
 
+`form` says how a prompt is written: `template` (the benchmark's user turn, with its answer-format instructions),
+`plain` (`Task.plain_prompt`: as a user would type it in a chat) or `mixed` (each drawn prompt in one of the two,
+by a seeded coin). Dispatchers trained on templates alone missed plainly worded prompts (results/README.md,
+"Dispatch on prompts users write"); `mixed` teaches both.
+
 The reply is prefilled with "Classification: \\boxed{" (`response_prefix`; `prefill=False` for the paper's
 unprefilled prompt): on SmolLM2-135M the unprefilled prompt gave 0/18 boxed labels (the model answers the
 question instead), so RL would only ever see reward -1. The classifier strategy prefills the same way.
@@ -31,6 +36,7 @@ from ..errors import T2Error
 from .base import Example, Task, Verdict
 
 PAPER_DOMAINS = {"math": "gsm8k", "code": "mbpp", "reasoning": "arc-easy"}
+FORMS = ("template", "plain", "mixed")
 
 
 class DispatchTask(Task):
@@ -41,11 +47,13 @@ class DispatchTask(Task):
     max_new_tokens = 64  # the label comes first; the reference allowed 1024
 
     def __init__(self, domains: Mapping[str, str], per_domain: int = 200, seed: int = 0,
-                 descriptions: Mapping[str, str] | None = None, prefill: bool = True):
+                 descriptions: Mapping[str, str] | None = None, prefill: bool = True, form: str = "template"):
         if not domains:
             raise T2Error("the dispatch task needs at least one domain -> task")
         if per_domain < 1:
             raise T2Error(f"per_domain must be at least 1, got {per_domain}")
+        if form not in FORMS:
+            raise T2Error(f"dispatch prompt form must be one of {', '.join(FORMS)}, got {form!r}")
         from . import get_task
 
         self.domains = dict(sorted(domains.items()))
@@ -53,6 +61,7 @@ class DispatchTask(Task):
         self.per_domain, self.seed = int(per_domain), int(seed)
         self.descriptions = dict(descriptions or {})
         self.prefill = bool(prefill)
+        self.form = form
 
     def load(self, split: str | None = None, data_dir: str | Path | None = None) -> list[Example]:
         from ..adaptation.strategy import user_text
@@ -72,11 +81,15 @@ class DispatchTask(Task):
         rng = random.Random(f"dispatch/{split}/{self.seed}")
         examples = []
         for d, pool in pools.items():
+            task = self.tasks[d]
             for ex in rng.sample(pool, n):
+                plain = self.form == "plain" or self.form == "mixed" and rng.random() < 0.5
+                text = task.plain_prompt(ex) if plain else user_text(task.messages(ex))
                 examples.append(Example(
-                    id=f"dispatch/{d}/{ex.id}", prompt=user_text(self.tasks[d].messages(ex)), answer=d,
+                    id=f"dispatch/{d}/{ex.id}", prompt=text, answer=d,
                     solution=f"Classification: \\boxed{{{d}}}",
-                    meta={"domain": d, "source_task": self.tasks[d].name, "source_id": ex.id}))
+                    meta={"domain": d, "source_task": task.name, "source_id": ex.id,
+                          "form": "plain" if plain else "template"}))
         rng.shuffle(examples)
         return examples
 
@@ -105,7 +118,7 @@ class DispatchTask(Task):
 
 
 def dispatch_task(experts: str | Path | None = None, domains: Mapping[str, str] | None = None,
-                  per_domain: int = 200, seed: int = 0, prefill: bool = True) -> DispatchTask:
+                  per_domain: int = 200, seed: int = 0, prefill: bool = True, form: str = "template") -> DispatchTask:
     """The dispatch task over an expert set's domains (`experts=DIR`) or an explicit {domain: task} map
     (default: the paper's math/code/reasoning -> gsm8k/mbpp/arc-easy)."""
     if experts is not None and domains is not None:
@@ -119,4 +132,4 @@ def dispatch_task(experts: str | Path | None = None, domains: Mapping[str, str] 
         descriptions = {e.domain: str(e.meta["description"]) for e in task_entries(entries)
                         if e.meta.get("description")}
     return DispatchTask(domains or PAPER_DOMAINS, per_domain=per_domain, seed=seed, descriptions=descriptions,
-                        prefill=prefill)
+                        prefill=prefill, form=form)
