@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from transformer_squared.training.losses import (kl_to_base, reinforce_loss, rloo_advantages, sft_loss,
-                                                 token_logprobs)
+from transformer_squared.generation import SamplingParams
+from transformer_squared.generation.sampling import next_tokens
+from transformer_squared.training.losses import (kl_to_base, reinforce_loss, rloo_advantages, sampling_logprobs,
+                                                 sft_loss, token_logprobs)
 
 
 def test_rloo_advantage_is_reward_minus_mean_of_the_others():
@@ -74,3 +76,39 @@ def test_sft_loss_is_mean_negative_loglikelihood_over_target_tokens():
     loss, m = sft_loss(token_logp, mask, normalizer=3)
     assert loss.item() == pytest.approx(2.0)
     assert m["nll"] == pytest.approx(6.0)
+
+
+def test_sampling_logprobs_are_those_of_the_tempered_nucleus():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().view(1, 1, 4)
+    tok = lambda i: torch.tensor([[i]])  # noqa: E731
+    # T = 1, top-p 0.6: the nucleus is {0, 1} (a token is kept while the mass before it is below top_p)
+    assert sampling_logprobs(logits, tok(1), 1.0, 0.6).item() == pytest.approx(math.log(0.3 / 0.8))
+    # a sampled token just outside (float rounding between engine and teacher forcing) is counted in
+    assert sampling_logprobs(logits, tok(3), 1.0, 0.6).item() == pytest.approx(math.log(0.05 / 0.85))
+    # temperature: softmax(logits / T)
+    t = torch.softmax(probs.log() / 0.5, -1)
+    assert sampling_logprobs(logits, tok(2), 0.5).item() == pytest.approx(math.log(t[2].item()), rel=1e-5)
+    # greedy rollouts keep the paper's log pi at T = 1
+    assert sampling_logprobs(logits, tok(2), 0.0).item() == pytest.approx(math.log(0.15), rel=1e-5)
+
+
+def test_sampling_logprobs_match_the_engines_sampler():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 12) * 2  # (1, V)
+    params = SamplingParams(temperature=0.7, top_p=0.8, seed=0)
+    g = torch.Generator().manual_seed(0)
+    draws = next_tokens(logits.expand(40000, 12), params, g)  # (40000,)
+    freq = torch.bincount(draws, minlength=12).float() / len(draws)
+    logp = sampling_logprobs(logits.view(1, 1, 12).expand(1, 12, 12), torch.arange(12).view(1, 12), 0.7, 0.8)
+    sampled = freq > 0
+    # the engine's support is the nucleus, and its frequencies are these probabilities
+    torch.testing.assert_close(freq[sampled], logp[0, sampled].exp(), atol=0.01, rtol=0)
+    assert logp[0, sampled].exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sampling_logprobs_carry_the_gradient():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    tokens = torch.randint(0, 7, (2, 3))
+    sampling_logprobs(logits, tokens, 0.8, 0.9).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0

@@ -25,7 +25,7 @@ def accuracy(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
         prompts = [prompt_ids(tokenizer, task, e) for e in mine]
         with policy.generating():
             outs = engine.generate(prompts, params)
-        _, ok = score(task, mine, [o.text for o in outs], [task.response_prefix(e) for e in mine], -1.0)
+        _, ok, _ = score(task, mine, [o.text for o in outs], [task.response_prefix(e) for e in mine], -1.0)
         correct = int(ok.sum())
     total, right = sum_floats([len(mine), correct], d)
     return accuracy_summary([True] * int(right) + [False] * (int(total) - int(right)))

@@ -14,14 +14,23 @@ How this departs from the paper's SVF-RL (SPEC §2), in order:
 3. Adam(W) with weight decay 0 by default: decoupled decay would pull z towards 0, where z = 1 is the base.
    Cosine decay to 0 by default (paper), `--schedule constant` for the reference code's behaviour.
 4. The batch defaults to 16 prompts, not 256, so that CPU runs finish; gradient-norm clip 1e-3 as in the paper.
-5. Early stopping is "keep the best validation step" on a fixed subset (`--valid-limit`, default 50) evaluated
-   every `--eval-every` steps and at the last step; the test score reported is that of the best step.
+5. Early stopping is "keep the best validation step" on a seeded subset (`--valid-limit`, default 200, the
+   whole split when smaller; the same subset whatever the training seed) evaluated every `--eval-every` steps
+   and at the last step; the test score reported is that of the best step. The untrained policy (step 0: the
+   base model) is validated first and is a candidate too, winning ties (`--no-select-base` leaves it out): an
+   expert worse than the base on validation is never shipped, and its record says whether it beat the base.
    A run shorter than `--eval-every` steps is a smoke run: it skips validation and test scoring and saves the
    last state (pass `--eval-every 1` to score it anyway).
 6. z is trained in the `direct` parametrization by default (z starts at exactly 1); `--parametrization
    reference` gives the paper code's sigmoid + nuclear-norm rescale.
+7. With sampled rollouts the REINFORCE log-probs are those of the sampling distribution (temperature, top-p
+   nucleus; `losses.sampling_logprobs`), so the gradient is that of the policy that produced the samples;
+   greedy rollouts keep log π at T = 1 as the paper.
+8. Per step, besides loss and reward: `mixed` (share of prompts whose G samples got different rewards: only
+   those carry signal under the leave-one-out baseline), `no_answer` (share of rollouts the scorer extracted
+   no answer from) and `z_drift` (SVF: mean |z − 1|), so a run that does not learn says why.
 
-Defaults are sized for CPU runs (validation on 50 examples every 10 steps, test on 100): pass
+Defaults are sized for CPU runs (validation on 200 examples every 10 steps, test on 100): pass
 `--valid-limit -1 --test-limit -1` for the full splits. On CPU, torch gets one thread per idle core unless
 `--threads` or OMP_NUM_THREADS says otherwise (see `_set_threads`). Untested on GPU (`--device cuda --dtype
 bf16` is written for it: every tensor follows the model's device, SVF math stays fp32).
@@ -54,7 +63,7 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .distributed import Dist
 from .evaluate import accuracy, limit
-from .losses import kl_to_base, reinforce_loss, sft_loss, token_logprobs
+from .losses import kl_to_base, reinforce_loss, sampling_logprobs, sft_loss, token_logprobs
 from .rollout import Batch, DataOrder, hash_seed, rollouts, sft_batches
 from .sequences import completion_logits, micro_batches, pack
 
@@ -120,13 +129,17 @@ def gradient_pass(policy, batch: Batch, cfg: TrainConfig, normalizer: float, pad
             if rl and cfg.kl_coef > 0:
                 with policy.reference():
                     _, base_logp = token_logprobs(completion_logits(policy.model, packed, G), packed.tokens)
-            tok_logp, logp = token_logprobs(completion_logits(policy.model, packed, G), packed.tokens)  # (N, Tc)
+            logits = completion_logits(policy.model, packed, G)  # (N, Tc, V)
             if rl:
-                kl = kl_to_base(logp, base_logp, packed.mask) if base_logp is not None else None
+                # the rollouts' own distribution (temperature, nucleus); the KL compares untempered policies
+                tok_logp = sampling_logprobs(logits, packed.tokens, cfg.temperature, cfg.top_p)  # (N, Tc)
+                kl = None
+                if base_logp is not None:
+                    kl = kl_to_base(token_logprobs(logits, packed.tokens)[1], base_logp, packed.mask)
                 adv = batch.advantages[index].to(device)  # (N,)
                 loss, parts = reinforce_loss(tok_logp, packed.mask, adv, normalizer, kl, cfg.kl_coef)
             else:
-                loss, parts = sft_loss(tok_logp, packed.mask, normalizer)
+                loss, parts = sft_loss(token_logprobs(logits, packed.tokens)[0], packed.mask, normalizer)
             loss.backward()
             sums["loss"] += float(loss.detach())
             for k, v in parts.items():
@@ -170,7 +183,10 @@ def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task |
 
     train_set = limit(_load(task, cfg.train_split, cfg), cfg.train_limit)
     evaluate = cfg.steps >= cfg.eval_every  # shorter runs are smoke runs: nothing to select, not worth scoring
-    valid_set = limit(_load(task, cfg.valid_split, cfg), cfg.valid_limit) if cfg.valid_limit and evaluate else []
+    # Validation picks the step: a seeded subset (seed 0, the same whatever the training seed), not the first N,
+    # which in split order can be one source or one kind of question.
+    valid_set = (select_examples(_load(task, cfg.valid_split, cfg), None if cfg.valid_limit < 0 else cfg.valid_limit,
+                                 0) if cfg.valid_limit and evaluate else [])
     # The test subset is `t2 eval --limit N`'s (seed 0, whatever the training seed), so base and trained models
     # are scored on the same examples.
     test_set = (select_examples(_load(task, cfg.test_split, cfg), None if cfg.test_limit < 0 else cfg.test_limit, 0)
@@ -222,6 +238,19 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
     else:
         batches = sft_batches(model.tokenizer, task, train_set, order, batch_size=cfg.batch_size, d=d)
 
+    if valid_set and step == 0 and cfg.select_base:
+        # Step 0 is the untrained policy (direct z = 1 and LoRA's B = 0: the base model exactly): the bar every
+        # trained step must clear, strictly (`>` below), to be kept.
+        summary = accuracy(policy, engine, model.tokenizer, task, valid_set, max_new_tokens=cfg.max_new_tokens, d=d)
+        valid.append({"step": 0, **summary})
+        best.update(step=0, accuracy=summary["accuracy"], state=policy.state())
+        row = {"step": 0, "valid_accuracy": summary["accuracy"]}
+        if hasattr(policy, "z_drift"):
+            row["z_drift"] = policy.z_drift()
+        history.append(row)
+        if d.main:
+            append_jsonl(out / METRICS, row)
+
     bar = _progress(cfg, d, step)
     interrupted = False
     while step < cfg.steps:
@@ -235,6 +264,8 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
         sums = gradient_pass(policy, batch, cfg, normalizer, pad_id, d.device)
         norm, lr = optimizer_step(policy, optimizer, scheduler, cfg, d)
         row = _row(step, sums, batch, norm, lr, cfg, d, time.perf_counter() - t0)
+        if hasattr(policy, "z_drift"):
+            row["z_drift"] = policy.z_drift()
         if valid_set and (step % cfg.eval_every == 0 or step == cfg.steps):
             summary = accuracy(policy, engine, model.tokenizer, task, valid_set, max_new_tokens=cfg.max_new_tokens, d=d)
             valid.append({"step": step, **summary})
@@ -263,6 +294,7 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
     if best["state"] is not None:
         policy.load_state(best["state"])
     selected = best["step"] if best["state"] is not None else step
+    base_valid = next((v for v in valid if v["step"] == 0), None)
     test = None
     if test_set:
         test = accuracy(policy, engine, model.tokenizer, task, test_set, max_new_tokens=cfg.max_new_tokens, d=d)
@@ -275,6 +307,15 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
                 "metrics": {"selected_step": selected, "selection": "best_valid" if best["state"] is not None
                             else "last", "valid_split": cfg.valid_split, "valid": valid,
                             "test_split": cfg.test_split, "test": test}}
+        if base_valid is not None:
+            # Whether training beat the base on validation; when it did not, what is saved is the step-0 state.
+            meta["metrics"]["base_valid"] = base_valid
+            meta["metrics"]["beats_base"] = selected != 0
+            if selected == 0:
+                meta["metrics"]["note"] = ("no trained step beat the base model on validation: this expert is the "
+                                           "untrained step-0 state" + (" (z = 1, the base model)"
+                                                                       if cfg.parametrization == "direct"
+                                                                       or cfg.method == "lora" else ""))
         if identity is not None:
             meta["base_model"] = identity
         policy.save(expert, meta)
@@ -293,7 +334,14 @@ def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: Train
     row = {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "seconds": round(seconds, 3),
            "tokens": int(tokens)}
     if cfg.objective == "rl":
-        row.update(reward=reward / n, accuracy=correct / n, logp=logp / n)
+        G = batch.group
+        groups = batch.rewards.view(-1, G)  # (P, G)
+        mixed_local = float((groups != groups[:, :1]).any(dim=1).sum())
+        mixed, prompts, answered = distributed.sum_floats(
+            [mixed_local, float(groups.shape[0]), float(batch.answered.sum())], d)
+        row.update(reward=reward / n, accuracy=correct / n, logp=logp / n, no_answer=1 - answered / n)
+        if G > 1:  # one sample has nothing to differ from
+            row["mixed"] = mixed / prompts
         if cfg.kl_coef > 0:
             row["kl"] = kl / n
     return row
@@ -375,7 +423,7 @@ def _progress(cfg: TrainConfig, d: Dist, start: int):
 def _plot_curves(path: Path, history: list[dict], title: str, cfg: TrainConfig) -> None:
     from ..plots import plot_curves
 
-    keys = ["reward", "accuracy", "valid_accuracy", "loss", "kl", "grad_norm"]
+    keys = ["reward", "accuracy", "valid_accuracy", "mixed", "no_answer", "z_drift", "loss", "kl", "grad_norm"]
     series = {k: [(r["step"], r[k]) for r in history if k in r] for k in keys}
     if any(series.values()):
         plot_curves(series, path, title=f"{title}: {cfg.method} {cfg.objective}")

@@ -11,6 +11,14 @@ over the vocabulary at every generated position, given the rolled-out prefix, an
 tokens: KL_seq = Σ_t Σ_v π_θ(v|ŷ<t) (log π_θ(v|ŷ<t) − log π_base(v|ŷ<t)). Unlike a sampled-token estimator it
 needs no samples from π_θ (the paper's rollouts are greedy), has no variance, and its gradient is exact at the
 visited prefixes (it ignores how θ changes which prefixes are visited, as per-token KL penalties do).
+
+Which distribution the REINFORCE log-probs come from: the one the rollouts were *sampled* from
+(`sampling_logprobs`: softmax(logits / T), restricted and renormalised to the top-p nucleus), so that
+E[A · ∇log π_sample(ŷ)] is the policy gradient of the sampling policy. Scoring tempered or truncated samples
+with the untempered log π (what this code did before) gives a gradient of a different objective: at T = 0.7
+the same sampled token gets a ∇log π that ignores the 1/T sharpening, and top-p's excluded tail still pulls on
+the gradient. Greedy rollouts (T = 0, the paper's recipe) have no sampling distribution: they keep the paper's
+log π at T = 1. The KL term always compares the untempered policies.
 """
 
 from __future__ import annotations
@@ -23,6 +31,33 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Te
     """log π(token) per position, and the full log-softmax. logits (N, T, V), tokens (N, T) → (N, T), (N, T, V)."""
     logp = F.log_softmax(logits.float(), dim=-1)  # (N, T, V)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logp  # (N, T), (N, T, V)
+
+
+def sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                      top_p: float = 1.0) -> torch.Tensor:
+    """log π_sample(token) per position under the rollout's sampling distribution. logits (N, T, V), tokens
+    (N, T) → (N, T).
+
+    π_sample = softmax(logits / T) restricted to the nucleus and renormalised, the nucleus being the engine's
+    (`generation.sampling.next_tokens`): the smallest top set whose mass reaches `top_p`, i.e. a token is kept
+    while the mass before it is below `top_p`. Membership is treated as a constant (it is a step function of
+    the logits). The sampled token is always counted in (float rounding between the engine's forward and this
+    teacher-forced one can move a boundary token out). `temperature` 0 (greedy): plain log π at T = 1.
+    """
+    if temperature <= 0:
+        return token_logprobs(logits, tokens)[0]
+    z = logits.float() / temperature  # (N, T, V)
+    tok_z = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (N, T)
+    if top_p >= 1.0:
+        return tok_z - torch.logsumexp(z, dim=-1)
+    with torch.no_grad():
+        sorted_z, order = z.sort(dim=-1, descending=True)  # (N, T, V)
+        probs = torch.softmax(sorted_z, dim=-1)
+        keep_sorted = (probs.cumsum(-1) - probs) < top_p  # (N, T, V), never empty (the top token has 0 before it)
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order
+        keep.scatter_(-1, tokens.unsqueeze(-1), True)
+    nucleus = torch.logsumexp(z.masked_fill(~keep, float("-inf")), dim=-1)  # (N, T)
+    return tok_z - nucleus
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:

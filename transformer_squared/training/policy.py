@@ -154,6 +154,18 @@ class SVFPolicy:
     def effective_z(self) -> dict[str, torch.Tensor]:
         return self.am.svf.effective_z()
 
+    @torch.no_grad()
+    def z_drift(self) -> float:
+        """Mean |z − 1| over every coordinate of the effective z: how far the expert has moved from the base
+        (0 at the start; the per-step metric that tells "the lr is too small to move z" from "z moved, the
+        policy did not")."""
+        total, n = 0.0, 0
+        for m in self.layers:
+            z = m.effective_z()
+            total += float((z - 1).abs().sum())
+            n += z.numel()
+        return total / max(1, n)
+
     def save(self, directory: Path, meta: dict[str, Any]) -> Path:
         """An Expert directory (effective z + metadata), plus z.png (mean |z − 1| per layer)."""
         from ..plots import plot_expert

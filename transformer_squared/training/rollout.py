@@ -67,6 +67,8 @@ class Batch:
     rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (N,)
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
+    answered: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (N,) extractable
+    group: int = 1  # G: sequences come in runs of G sharing one prompt
 
     @property
     def size(self) -> int:
@@ -87,12 +89,16 @@ def prompt_ids(tokenizer, task: Task, example: Example) -> list[int]:
 
 
 def score(task: Task, examples: Sequence[Example], texts: Sequence[str], task_prefixes: Sequence[str],
-          wrong: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rewards, correct) for completions: +1 if correct else `wrong` (SPEC §2), via the task's batch scorer."""
+          wrong: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rewards, correct, answered) for completions: +1 if correct else `wrong` (SPEC §2), via the task's batch
+    scorer; `answered` is whether the scorer could extract an answer at all (a reward of `wrong` for a reply
+    with no answer is a format failure, not a wrong answer: the per-step metrics tell them apart)."""
     outputs = [p + t for p, t in zip(task_prefixes, texts)]
-    correct = torch.tensor([v.correct for v in task.score_many(list(examples), outputs)], dtype=torch.bool)
+    verdicts = task.score_many(list(examples), outputs)
+    correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
+    answered = torch.tensor([v.extracted not in (None, "") for v in verdicts], dtype=torch.bool)
     rewards = torch.where(correct, torch.tensor(1.0), torch.tensor(float(wrong)))
-    return rewards, correct
+    return rewards, correct, answered
 
 
 def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[Example], order: DataOrder, *,
@@ -116,9 +122,9 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
         with policy.generating():
             outs = engine.generate(prompts, step_params)
         prefixes = [task.response_prefix(e) for e in exs]
-        rewards, correct = score(task, exs, [o.text for o in outs], prefixes, wrong_reward)  # (N,), (N,)
+        rewards, correct, answered = score(task, exs, [o.text for o in outs], prefixes, wrong_reward)  # (N,) each
         advantages = rloo_advantages(rewards.view(len(mine), G)).view(-1)  # (N,)
-        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages)
+        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages, answered, G)
 
 
 def sft_pair(tokenizer, task: Task, example: Example) -> tuple[list[int], list[int]]:
