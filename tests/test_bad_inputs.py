@@ -71,6 +71,11 @@ def test_absurd_z_is_refused(capsys, expert_dir):
     one_line_error(capsys, ["expert", "show", expert_dir, "--png", "none"], "|z| = 3e+07")
 
 
+def test_an_out_that_cannot_be_written_is_one_line(capsys, expert_dir):
+    one_line_error(capsys, ["expert", "mix", expert_dir, "--alpha", "1", "--out", "/proc/t2-no-such/m"],
+                   "/proc/t2-no-such: No such file or directory; check the path")
+
+
 def test_mix_with_absurd_alpha_writes_nothing(capsys, expert_dir, tmp_path):
     one_line_error(capsys, ["expert", "mix", expert_dir, "--alpha", "1e7", "--out", tmp_path / "m"],
                    "refusing to save expert")
@@ -158,13 +163,20 @@ def test_train_refuses_a_read_only_out(capsys, tmp_path, task_file):
 
 
 def test_train_out_check_in_a_subprocess(tmp_path, task_file):
-    """The installed command: one line, status 2, and nothing left behind."""
+    """The installed command: one line, status 2, nothing left behind, and in well under a second."""
     t2 = Path(sys.executable).with_name("t2")
     cmd = [str(t2)] if t2.exists() else [sys.executable, "-m", "transformer_squared.cli.main"]
     proc = subprocess.run(cmd + ["train", "--task", f"custom:{task_file}", "--out", "/proc/t2-no-such/run"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("t2 train: error: --out /proc/t2-no-such/run: cannot write there")
+    # What makes it fast, independent of this machine's load: neither torch nor transformers was imported
+    # (torch alone takes 1-2 s on an idle CPU).
+    probe = ("import sys; from transformer_squared.cli.main import main; "
+             f"code = main(['train', '--task', 'custom:{task_file}', '--out', '/proc/t2-no-such/run']); "
+             "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
 
 
 # -- a full disk -----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import T2Error
-from .fileio import append_jsonl, atomic_write_json, read_jsonl
+from .fileio import append_jsonl, atomic_write_json, read_json, read_jsonl
 from .metrics import accuracy_summary
 from .tasks import Example, Task, full_reply, get_task, prompt_ids
 
@@ -136,7 +136,7 @@ def _resume_records(out_dir: Path, run_config: dict, resume: bool) -> dict[str, 
     cfg_path, rec_path = out_dir / "config.json", out_dir / "records.jsonl"
     wanted = json.loads(json.dumps(run_config, default=str))
     if resume and cfg_path.is_file() and rec_path.is_file():
-        if json.loads(cfg_path.read_text()) != wanted:
+        if read_json(cfg_path, what="evaluation config") != wanted:
             raise T2Error(f"{out_dir} holds an evaluation with another configuration; use another --out "
                           f"or drop --resume")
         return {r["id"]: r for r in read_jsonl(rec_path)}

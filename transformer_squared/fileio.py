@@ -127,6 +127,8 @@ def parse_json(text: str | bytes, where: str, hint: str = "") -> Any:
         raise T2Error(f"{where}: JSON nested too deeply (over ~{sys.getrecursionlimit()} levels){hint}") from None
     except UnicodeDecodeError as e:  # bytes input that is not UTF-8/16/32
         raise T2Error(f"{where}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}){hint}") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits (Python's int conversion limit)
+        raise T2Error(f"{where}: not valid JSON ({str(e).splitlines()[0]}){hint}") from None
 
 
 def read_json(path: str | os.PathLike, *, what: str = "JSON file", max_bytes: int | None = None) -> Any:

@@ -22,13 +22,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import T2Error
 from .fileio import atomic_path
 from .paths import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where a model is loaded, not here: the CLI reads DEFAULT_MODEL while parsing its arguments,
+# and `t2 --help` or a refused `t2 train --out` should not wait seconds for torch.
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
         return target
     if importlib.util.find_spec("gguf") is None:
         raise T2Error("loading a .gguf file needs the `gguf` package: pip install gguf")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to %s (once)", gguf, target)
@@ -161,7 +165,7 @@ def resolve(spec: str) -> tuple[Path | str, str]:
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str = "float32",
     device: str | torch.device | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from an alias, a .gguf file, a local directory or a hub id.
@@ -169,6 +173,7 @@ def load_model(
     The model is returned in eval mode on `device` (default: `$T2_DEVICE`, else CPU; `auto` is CUDA when
     available), in `dtype` (default fp32; SVF math is fp32).
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -190,6 +195,8 @@ def load_model(
 
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     """`spec`, else `$T2_DEVICE`, else CPU; `auto` means CUDA when available. A clear error for a missing GPU."""
+    import torch
+
     spec = spec if spec is not None else (os.environ.get("T2_DEVICE") or "cpu")
     if isinstance(spec, torch.device):
         return spec

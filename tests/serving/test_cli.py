@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -52,7 +53,7 @@ def test_serve_answers_and_drains_on_sigterm(tiny_model_dir, tiny_experts_dir):
            "--experts", str(tiny_experts_dir), "--strategy", "prompt", "--pass1-tokens", "4", "--port", str(port),
            "--max-tokens", "150", "--drain-timeout", "20", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "T2_API_KEY": "sk-from-env"})
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -64,7 +65,11 @@ def test_serve_answers_and_drains_on_sigterm(tiny_model_dir, tiny_experts_dir):
                         break
             except OSError:
                 time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # T2_API_KEY set: /v1 needs the key
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert refused.value.code == 401 and json.load(refused.value)["error"]["code"] == "invalid_api_key"
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-from-env", max_retries=0,
+                               timeout=60)
         r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "2 + 2?"}],
                                            temperature=0, max_tokens=4)
         assert r.expert in ("base", "math", "code") and r.usage.completion_tokens <= 4  # real prompt strategy

@@ -242,6 +242,8 @@ def test_queue_full_is_429_and_a_disconnect_frees_its_slot(sam):
         for t, box in (holder, queued):
             t.join(30)
             assert "result" in box, box
+        # (a batch's stats are counted just after its rows' results are sent: wait for the second batch's)
+        wait_for(lambda: health()["stats"]["rows"] >= 2 and health()["running"] == 0, "the batches' stats")
         assert health()["stats"]["rows"] == 2  # the abandoned request never reached a batch
 
         # a streaming client that stops reading: its row is dropped from the running batch
@@ -280,3 +282,60 @@ def test_shutdown_drains_admitted_requests(sam):
         chunks = streamed[1]["result"]
         assert chunks[-1].choices[0].finish_reason in ("stop", "length") and chunks[-1].expert == "code"
     sam.strategy.gate = None
+
+
+# -- hostile input and the API key -----------------------------------------------------------------------------
+@pytest.mark.parametrize("path, raw, code", [
+    # a lone surrogate (JSON allows the escape; no tokenizer can encode it), in a chat message and in a prompt
+    ("/v1/chat/completions", b'{"model": "base", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+     "invalid_text"),
+    ("/v1/completions", b'{"model": "base", "prompt": "\\udfff x", "max_tokens": 2}', "invalid_text"),
+    ("/v1/chat/completions", b'{"model": "base", "\\ud800": 1, "messages": []}', "invalid_text"),
+    # nested 50,000 deep: Python's json raises RecursionError, not JSONDecodeError
+    ("/v1/chat/completions", b'{"model": "base", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+     "invalid_json"),
+    ("/v1/completions", b"[" * 50_000, "invalid_json"),
+    ("/v1/chat/completions", b'{"model": "base", "messages": "caf\xe9"}', "invalid_json"),  # Latin-1, not UTF-8
+    ("/v1/completions", b'{"model": "base", "prompt": "x", "seed": ' + b"1" * 5000 + b"}", "invalid_json"),
+])
+def test_hostile_bodies_are_400_in_openai_shape(server, path, raw, code):
+    status, body = http(server, "POST", path, raw=raw)
+    assert status == 400, body
+    assert body["error"]["code"] == code and body["error"]["type"] == "invalid_request_error"
+    assert "\n" not in body["error"]["message"]
+    if code == "invalid_text":
+        assert "surrogate" in body["error"]["message"]
+    assert http(server, "GET", "/health")[1]["admitted"] == 0
+
+
+def test_surrogate_error_names_the_field(server):
+    raw = b'{"model": "base", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}]}'
+    status, body = http(server, "POST", "/v1/chat/completions", raw=raw)
+    assert status == 400 and body["error"]["param"] == "messages[0].content[0].text"
+    status, body = http(server, "POST", "/v1/chat/completions", raw=raw.replace(b"\\ud83d", b"\\ud83d\\ude00"))
+    assert status == 200, body  # the same character as a proper pair is fine
+
+
+def test_api_key_is_required_when_set_as_vllm_does(sam):
+    with live_server(sam, max_tokens=16, default_max_tokens=4, api_key="sk-t2-test") as server:
+        good = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-t2-test", max_retries=0, timeout=30)
+        assert [m.id for m in good.models.list()] == ["auto", "base", "code", "math"]
+        assert ask(good, "base", "Hello", max_tokens=2).choices[0].message.content is not None
+        wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0, timeout=30)
+        status, err = error_of(openai.AuthenticationError, lambda: ask(wrong, "base", "Hello", max_tokens=2))
+        assert status == 401 and err["code"] == "invalid_api_key" and "sk-wrong" not in err["message"]
+        status, body = http(server, "GET", "/v1/models")  # no Authorization header at all
+        assert status == 401 and "Authorization: Bearer" in body["error"]["message"]
+        assert http(server, "GET", "/health")[0] == 200  # open, for load balancers
+        assert server.scheduler.health()["stats"]["completed"] >= 1
+
+
+def test_api_key_setting_is_checked_and_never_shown():
+    from transformer_squared.errors import T2Error
+    from transformer_squared.serving import ServeConfig
+
+    config = ServeConfig(api_key="sk-secret")
+    assert "sk-secret" not in repr(config) and config.to_json()["api_key"] == "***"
+    for bad in ("", "  ", "key with\nnewline", "clé"):
+        with pytest.raises(T2Error, match="API key"):
+            ServeConfig(api_key=bad)

@@ -67,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t2 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in DISK_ERRNOS:
-            raise
-        # A full disk, a quota, a read-only mount: the user's to fix, wherever in the library the write was.
+        if e.errno not in DISK_ERRNOS and e.filename is None:
+            raise  # not about a file the user named or a disk they can free: a bug, keep the traceback
+        # A full disk, a quota, a read-only mount, a path that cannot be written: the user's to fix, wherever in
+        # the library the write was.
         where = f"{e.filename}: " if e.filename else ""
-        print(f"t2 {args.command}: error: {where}{e.strerror or e}; free some space or write elsewhere "
-              f"(files are written atomically: what was there before is intact)", file=sys.stderr)
+        hint = ("; free some space or write elsewhere (files are written atomically: what was there before is "
+                "intact)" if e.errno in DISK_ERRNOS else "; check the path")
+        print(f"t2 {args.command}: error: {where}{e.strerror or e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"t2 {args.command}: interrupted", file=sys.stderr)

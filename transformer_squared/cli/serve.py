@@ -6,6 +6,8 @@ The request's `model` picks the weights: "auto" (pass 1 with --strategy chooses 
 
 from __future__ import annotations
 
+import os
+
 from .common import add_data_dir_arg, add_model_arg, quiet, stderr
 from .run import add_strategy_args, build_model
 
@@ -39,6 +41,9 @@ def register(sub) -> None:
                    help=f"on Ctrl-C/SIGTERM, seconds admitted requests may take to finish (default {d.drain_timeout:g})")
     p.add_argument("--no-merge-uniform", dest="merge_uniform", action="store_false",
                    help="always use per-row z, even when a whole batch uses one expert (slower; for debugging)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every /v1 request (the openai client's api_key), "
+                        "as vLLM's --api-key; default: $T2_API_KEY, else no key. /health stays open")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core); on a machine shared with other "
                         "busy processes, 1 can be several times faster")
@@ -63,11 +68,12 @@ def run(args) -> int:
                          batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
                          max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
                          default_max_tokens=args.default_max_tokens, drain_timeout=args.drain_timeout,
-                         merge_uniform=args.merge_uniform)
+                         merge_uniform=args.merge_uniform,
+                         api_key=args.api_key if args.api_key is not None else os.environ.get("T2_API_KEY") or None)
     quiet()
     sam = build_model(args, progress=True)
     scheduler = Scheduler(sam, config)
     stderr(f"t2 serve: models {', '.join(scheduler.model_ids)} (auto: {args.strategy} strategy) on "
-           f"http://{config.host}:{config.port}/v1")
+           f"http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
     serve(scheduler, config, log_level=args.log_level)
     return 0

@@ -50,15 +50,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..fileio import check_writable_dir
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig
 
-    quiet()
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     # Before the task, the data and the model load: a bad --out is refused at once, not after minutes of
     # loading (a resumed run's directory must exist already, and loop.py says so when it does not).
     if not config.resume or Path(config.out).is_dir():
         check_writable_dir(config.out, "--out")
+    from ..training import train  # torch and the training stack: only now
+
+    quiet()
     result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data-parallel workers: rank 0 reports

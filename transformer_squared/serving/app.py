@@ -5,6 +5,8 @@
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
 GET /v1/models/{id}, GET /health. Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+With `ServeConfig.api_key`, every /v1 request must carry `Authorization: Bearer <key>` (401 otherwise), as
+vLLM's `--api-key`: the openai client sends its `api_key` so. /health stays open for load balancers.
 
 Each generation request: parse and validate (schemas.py), tokenize and check limits (jobs.py), submit to the
 scheduler (429 when full), then wait for the worker's events. While it waits, a task listens for the client's
@@ -17,6 +19,7 @@ piece of text. FastAPI and uvicorn are imported here only (the `serve` extra).
 # inside create_app, so they must be evaluated where they are defined.
 
 import asyncio
+import hmac
 import json
 import logging
 import signal
@@ -26,6 +29,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import T2Error
+from ..fileio import parse_json
 from . import openai_compat as oa
 from .config import ServeConfig
 from .jobs import Failed, Finished, Job, Started, TextDelta, prepare
@@ -68,9 +72,11 @@ def create_app(scheduler: Scheduler, config: ServeConfig | None = None):
 
     app = FastAPI(title="transformer-squared", version=__version__, lifespan=lifespan)
     app.state.scheduler = scheduler
+    if config.api_key is not None:
+        app.add_middleware(RequireAPIKey, key=config.api_key)
 
-    def error(e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+    def error(e: APIError):
+        return error_response(e)
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
@@ -106,10 +112,10 @@ def create_app(scheduler: Scheduler, config: ServeConfig | None = None):
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             raise APIError(413, f"request body over {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise oa.bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        try:  # parse_json: malformed, not UTF-8 and nested too deeply (a RecursionError in `json`) alike
+            return parse_json(body, "the request body")
+        except T2Error as e:
+            raise oa.bad_request(str(e), code="invalid_json") from None
 
     async def run(request: Request, parsed: ParsedRequest):
         loop = asyncio.get_running_loop()
@@ -178,6 +184,38 @@ def create_app(scheduler: Scheduler, config: ServeConfig | None = None):
         return await run(request, parse_completion(await read_json(request), config))
 
     return app
+
+
+def error_response(e: APIError):
+    """`e` as a JSON response. ASCII-escaped: a message quoting the request can never fail to encode (Starlette's
+    JSONResponse writes raw UTF-8, which a lone surrogate in the quoted text would turn into a 500)."""
+    from fastapi.responses import Response
+
+    headers = {"www-authenticate": "Bearer"} if e.status == 401 else None
+    return Response(json.dumps(e.body()), status_code=e.status, media_type="application/json", headers=headers)
+
+
+class RequireAPIKey:
+    """ASGI middleware: /v1 requests need `Authorization: Bearer <key>`, compared in constant time.
+
+    A plain ASGI class, as vLLM's, rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps
+    `receive`, and the disconnect watcher of a running request must see the client's real `http.disconnect`.
+    """
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization")
+            if given is None or not hmac.compare_digest(given, self.expected):
+                e = APIError(401, "missing API key: send the header 'Authorization: Bearer <key>' (the openai "
+                             "client's api_key)" if given is None else "incorrect API key provided",
+                             code="invalid_api_key")
+                await error_response(e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _cancel_on_disconnect(request, scheduler: Scheduler, job: Job) -> None:

@@ -26,6 +26,9 @@ class ServeConfig:
                                                                   "requests finish before cancelling them"})
     merge_uniform: bool = field(default=True, metadata={"help": "a batch whose rows all use one expert runs on "
                                                                  "merged W' (full speed) instead of per-row z"})
+    api_key: str | None = field(default=None, repr=False, metadata={
+        "help": "when set, every /v1 request needs the header `Authorization: Bearer <key>` (what the openai "
+                "client's api_key sends), as vLLM's --api-key; /health stays open"})
 
     def __post_init__(self):
         if self.default_max_tokens is None and isinstance(self.max_tokens, int):
@@ -41,8 +44,15 @@ class ServeConfig:
             raise T2Error(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.drain_timeout < 0:
             raise T2Error(f"drain_timeout must be >= 0, got {self.drain_timeout}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()
+                                         or not self.api_key.isprintable() or not self.api_key.isascii()):
+            raise T2Error("the API key must be a non-empty string of printable ASCII characters (an HTTP header "
+                          "carries it)")
         if self.default_max_tokens > self.max_tokens:
             raise T2Error(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The settings as JSON, the API key masked (this goes to logs and reports)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["api_key"] = None if self.api_key is None else "***"
+        return out

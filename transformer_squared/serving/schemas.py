@@ -96,10 +96,40 @@ def _max_tokens(body: dict, config: ServeConfig) -> int:
     return value
 
 
+def check_text(body: Any) -> None:
+    """Refuse any string in the body (keys included) holding a lone UTF-16 surrogate.
+
+    JSON lets a client write "\\ud800" without its pair; Python parses it into a str that no tokenizer, no
+    UTF-8 encoder and no response writer can handle, so it is refused here, naming where it is. Iterative: the
+    parsed body may be nested as deep as the JSON parser allows.
+    """
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_string(key, f"a key of {at or 'the request body'}")
+                stack.append((item, f"{at}.{key}" if at else str(key)))
+        elif isinstance(value, list):
+            stack.extend((item, f"{at}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_string(value, at)
+
+
+def _check_string(text: str, at: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{at} is not valid Unicode text: a lone surrogate (U+{ord(text[e.start]):04X}) at "
+                          f"character {e.start}; send UTF-8 text, or both halves of a surrogate pair",
+                          param=at, code="invalid_text") from None
+
+
 def _common(body: Any, config: ServeConfig) -> tuple[str, SamplingParams, bool, bool]:
     """model, sampling params, stream, include_usage: the fields chat and completions share."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    check_text(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required: 'auto', 'base' or an expert's name (GET /v1/models lists them)",

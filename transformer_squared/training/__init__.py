@@ -10,6 +10,15 @@ evaluate.py, checkpoint.py, distributed.py, loop.py (the recipe).
 """
 
 from .config import TrainConfig
-from .loop import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def __getattr__(name: str):
+    # loop.py brings in torch and the whole training stack: imported when training is asked for, so that
+    # `t2 train`'s argument checks (TrainConfig, a writable --out) answer before it loads.
+    if name in ("TrainResult", "train"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
