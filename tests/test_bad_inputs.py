@@ -155,6 +155,17 @@ def test_train_refuses_an_out_inside_a_file(capsys, tmp_path, task_file):
                    "exists and is not a directory")
 
 
+@pytest.mark.parametrize("argv", [
+    ["eval", "--out", "/proc/t2-no-such/eval"],
+    ["adapt", "--experts", "experts", "--out", "/proc/t2-no-such/adapted"],
+])
+def test_eval_and_adapt_check_out_before_loading(capsys, monkeypatch, task_file, argv):
+    import transformer_squared.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded the model before checking --out"))
+    one_line_error(capsys, [argv[0], "--task", f"custom:{task_file}", *argv[1:]], "cannot write there")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
 def test_train_refuses_a_read_only_out(capsys, tmp_path, task_file):
     (tmp_path / "ro").mkdir(mode=0o500)

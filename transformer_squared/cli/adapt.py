@@ -114,12 +114,14 @@ def run_fewshot(args) -> int:
     from ..adaptation.cem import CEMConfig
     from ..adaptation.fewshot import FewShotConfig, adapt_fewshot
     from ..errors import T2Error
+    from ..fileio import check_writable_dir
     from ..paths import data_dir
     from ..tasks import get_task
 
     if not args.out:
         raise T2Error("--out is required with --task: the directory the adapted expert is written to")
     task = get_task(args.task)
+    check_writable_dir(Path(args.out).parent, "--out")  # the expert and its CEM checkpoint go beside it
     cem = CEMConfig(population=args.population, elite_frac=args.elite_frac, iterations=args.iterations,
                     init_std=args.init_std, per_layer=args.per_layer, normalize=args.normalize,
                     target=args.target, patience=args.patience, seed=args.seed)

@@ -45,6 +45,10 @@ def run(args) -> int:
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, workers=args.workers)
     task = get_task(args.task)  # fail fast on a bad task name, before loading the model
+    if args.out:
+        from ..fileio import check_writable_dir
+
+        check_writable_dir(args.out, "--out")  # likewise a --out that cannot be written
     if args.experts:
         from ..errors import T2Error
         from .run import run_eval_adaptive
