@@ -13,7 +13,8 @@ import pytest
 from transformer_squared.sandbox import CodeCheck, SandboxLimits, run_check, run_checks
 
 LIMITS = SandboxLimits(timeout=20.0)  # generous: the CI box is shared; the hang below is the only slow one
-UNPASSABLE = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert False, 'no program passes this'\n\ncheck(candidate)\n"
+UNPASSABLE = ("def check(candidate):\n    assert candidate(2, 3) == 5\n    assert False, 'no program passes this'\n"
+              "\ncheck(candidate)\n")
 STRICT = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
 
 # `ANSWER` becomes "a + b" (a correct add, for UNPASSABLE) or "0" (a wrong one, for STRICT).
@@ -251,6 +252,15 @@ def test_a_candidate_that_outlives_its_tests_still_gets_its_verdict():
     r = run_check(CodeCheck(solution, STRICT), limits=LIMITS)
     assert (r.passed, r.status) == (True, "passed"), r.stderr
     assert r.seconds < LIMITS.timeout
+
+
+def test_an_object_is_not_a_truth_value():
+    tests = "assert is_even(4)\nassert not is_even(3)\n"
+    cheat = "class Yes:\n    def __bool__(self):\n        return True\ndef is_even(n):\n    return Yes()\n"
+    honest = "def is_even(n):\n    return n % 2 == 0\n"
+    results = run_checks([CodeCheck(cheat, tests), CodeCheck(honest, tests)], limits=LIMITS)
+    assert [r.status for r in results] == ["failed", "passed"]
+    assert "has no truth value" in results[0].stderr
 
 
 def test_arguments_travel_by_value():

@@ -14,9 +14,11 @@ Verdicts (`run_check`, `host.CodeCheck`): the candidate's code and the tests nev
 
 The judge runs the asserts itself. A name the tests use that they do not define (the entry point, an MBPP
 fixture such as `root`) is fetched from the candidate: data (numbers, strings, bytes, lists, tuples, dicts, sets,
-a few stdlib containers) comes by value, a stdlib module is imported by the judge, anything else is a reference
-that can only be called (one request per call: arguments out, a result or an exception name back) or passed
-back. The judge decodes answers with `wire.decode`, which builds plain data and nothing else, so no object,
+a few stdlib containers, builtin types) comes by value, a stdlib module is imported by the judge, anything else
+is a reference that can only be called (one request per call: arguments out, a result or an exception name back)
+or passed back; it has no truth value and equals only itself. Builtins stay the judge's own (a candidate's `len`
+never reaches the tests) except the names a task binds explicitly (`aliases`: its entry point, which may be
+called `sum`). The judge decodes answers with `wire.decode`, which builds plain data and nothing else, so no object,
 method or code of the candidate ever runs where the tests are checked. There is no secret to steal: whatever
 the candidate prints, exits with or tampers with in its own process, the only way to pass is to answer every
 call so that the tests' own comparisons hold. A candidate that crashes, exits, hangs, prints junk on the channel

@@ -19,6 +19,7 @@ import ast
 import builtins
 import importlib
 import json
+import linecache
 import os
 import sys
 import traceback
@@ -106,6 +107,10 @@ class Remote:
                    "kwargs": {str(k): wire.encode(v, ref) for k, v in kwargs.items()}}
         return self._channel.value(self._channel.ask(message))
 
+    def __bool__(self) -> bool:
+        # Otherwise any object would pass `assert is_valid(x)`: a truth value must come as data.
+        raise TypeError(f"{self!r} is not data and has no truth value here")
+
     def __repr__(self) -> str:
         return f"<candidate object #{self._ref}>"
 
@@ -191,8 +196,6 @@ def judge(spec: dict, channel: Channel) -> dict:
         if missing:
             return {"passed": False, "detail": missing}
         # Line numbers in tracebacks point into the tests: register their text for `traceback`.
-        import linecache
-
         linecache.cache[TESTS_FILE] = (len(spec["tests"]), None, spec["tests"].splitlines(True), TESTS_FILE)
         exec(tests, namespace)
     except CandidateFailed as e:
