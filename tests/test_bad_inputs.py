@@ -201,5 +201,9 @@ def test_full_disk_is_one_line_and_keeps_the_previous_file(capsys, monkeypatch, 
 
     monkeypatch.setattr(os, "fsync", full)  # every atomic write fsyncs before its rename
     one_line_error(capsys, ["expert", "mix", expert_dir, "--alpha", "0.5", "--out", out], "No space left on device")
+    written = []
+    monkeypatch.setattr(os, "fsync", lambda fd: written.append(os.readlink(f"/proc/self/fd/{fd}")) or full(fd))
+    one_line_error(capsys, ["expert", "mix", expert_dir, "--alpha", "0.5", "--out", out], "No space left on device")
+    assert written and "/.expert.safetensors." in written[0]  # the weights too go through an atomic write
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "mixed"]  # no temporary left behind

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ._version import __version__
 from .errors import T2Error
-from .fileio import atomic_path, atomic_write_json, json_kind, read_json
+from .fileio import atomic_path, atomic_write_bytes, atomic_write_json, json_kind, read_json
 
 FORMAT_VERSION = 1
 WEIGHTS = "expert.safetensors"
@@ -140,8 +141,10 @@ class Expert:
         meta["num_parameters"] = self.num_parameters
         with atomic_path(directory) as tmp:
             tmp.mkdir()
-            save_file({n: t.detach().float().contiguous().cpu() for n, t in self.z.items()}, str(tmp / WEIGHTS),
-                      metadata={"format_version": str(FORMAT_VERSION)})
+            # Serialised to bytes and written by atomic_write_bytes: safetensors' own file writer reports a full
+            # disk as its own exception type, without an errno (z is small: one value per singular value).
+            z = {n: t.detach().float().contiguous().cpu() for n, t in self.z.items()}
+            atomic_write_bytes(tmp / WEIGHTS, safetensors_bytes(z, metadata={"format_version": str(FORMAT_VERSION)}))
             atomic_write_json(tmp / META, meta)
         self.meta = meta
         return directory
