@@ -207,3 +207,17 @@ def test_full_disk_is_one_line_and_keeps_the_previous_file(capsys, monkeypatch, 
     assert written and "/.expert.safetensors." in written[0]  # the weights too go through an atomic write
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "mixed"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("content, match", [("{oops", "not valid JSON"), ("[1, 2]", "another configuration"),
+                                            ("[" * 100_000, "nested too deeply")])
+def test_a_damaged_cem_checkpoint_is_one_line(tmp_path, content, match):
+    from transformer_squared.adaptation.cem import CEMConfig, cem
+    from transformer_squared.errors import T2Error
+
+    checkpoint = tmp_path / "run.cem.json"
+    checkpoint.write_text(content)
+    with pytest.raises(T2Error, match=match) as info:
+        cem(lambda alphas: pytest.fail("searched despite the damaged checkpoint"), (3,), CEMConfig(population=4),
+            checkpoint=checkpoint, resume=True)
+    assert "\n" not in str(info.value)

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from ..errors import T2Error
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ def cem(fitness: Callable[[torch.Tensor], Fitness], shape: tuple[int, ...], conf
     ident = {"config": search, "shape": list(shape), **(fingerprint or {})}
     ident = json.loads(json.dumps(ident, default=str))
     if checkpoint is not None and resume and Path(checkpoint).is_file():
-        state = json.loads(Path(checkpoint).read_text())
-        if state.get("ident") != ident:
+        state = read_json(checkpoint, what="CEM checkpoint")  # a damaged file: one line, not a traceback
+        if not isinstance(state, dict) or state.get("ident") != ident:
             raise T2Error(f"{checkpoint} holds a CEM run with another configuration; drop --resume or delete it")
         mean, std = torch.tensor(state["mean"]), torch.tensor(state["std"])
         best_alpha, best_raw = torch.tensor(state["best_alpha"]), torch.tensor(state["best_raw"])
