@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from transformer_squared.cli.main import main
+from transformer_squared.cli.main import COMMANDS, main
 from transformer_squared.experts import Expert
 
 
@@ -82,3 +82,11 @@ def test_wrong_expert_for_model_is_one_clear_line(tmp_path):
 def test_user_errors_exit_2_with_one_line(capsys, argv, match, embedded):
     code, _, err = run(capsys, *argv)
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_working_help(capsys, command):
+    """`--help` formats every option's help text (argparse %-formats it: a bare "50%" once broke `t2 train`)."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and f"usage: t2 {command}" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def register(sub) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _type(f)
-        help_ = f.metadata["help"]
+        help_ = f.metadata["help"].replace("%", "%%")  # argparse %-formats help: "50%" must stay text
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
