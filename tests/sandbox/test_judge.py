@@ -254,13 +254,15 @@ def test_a_candidate_that_outlives_its_tests_still_gets_its_verdict():
     assert r.seconds < LIMITS.timeout
 
 
-def test_an_object_is_not_a_truth_value():
+def test_an_objects_truth_value_is_asked_and_must_be_a_bool():
     tests = "assert is_even(4)\nassert not is_even(3)\n"
-    cheat = "class Yes:\n    def __bool__(self):\n        return True\ndef is_even(n):\n    return Yes()\n"
+    always = "class Yes:\n    def __bool__(self):\n        return True\ndef is_even(n):\n    return Yes()\n"
+    not_bool = "class Odd:\n    def __bool__(self):\n        return 1\ndef is_even(n):\n    return Odd()\n"
+    match = "import re\ndef is_even(n):\n    return re.fullmatch(r'\\d*[02468]', str(n))\n"  # mbpp/787's kind
     honest = "def is_even(n):\n    return n % 2 == 0\n"
-    results = run_checks([CodeCheck(cheat, tests), CodeCheck(honest, tests)], limits=LIMITS)
-    assert [r.status for r in results] == ["failed", "passed"]
-    assert "has no truth value" in results[0].stderr
+    results = run_checks([CodeCheck(c, tests) for c in (always, not_bool, match, honest)], limits=LIMITS)
+    assert [r.status for r in results] == ["failed", "failed", "passed", "passed"], [r.stderr for r in results]
+    assert "AssertionError at tests line 2" in results[0].stderr
 
 
 def test_arguments_travel_by_value():

@@ -16,7 +16,7 @@ The judge runs the asserts itself. A name the tests use that they do not define 
 fixture such as `root`) is fetched from the candidate: data (numbers, strings, bytes, lists, tuples, dicts, sets,
 a few stdlib containers, builtin types) comes by value, a stdlib module is imported by the judge, anything else
 is a reference that can only be called (one request per call: arguments out, a result or an exception name back)
-or passed back; it has no truth value and equals only itself. Builtins stay the judge's own (a candidate's `len`
+or passed back; it equals only itself, and its truth value is asked of the candidate and must come back a bool. Builtins stay the judge's own (a candidate's `len`
 never reaches the tests) except the names a task binds explicitly (`aliases`: its entry point, which may be
 called `sum`). The judge decodes answers with `wire.decode`, which builds plain data and nothing else, so no object,
 method or code of the candidate ever runs where the tests are checked. There is no secret to steal: whatever

@@ -8,6 +8,7 @@ can do is answer wrongly.
 Requests (fd 3) and replies (fd 4), one JSON line each:
     {"op": "resolve", "names": [...]} -> {"found": {name: {"value": v} | {"module": "math"}}}
     {"op": "call", "ref": n, "args": [v...], "kwargs": {k: v}} -> {"value": v} | {"raised": [type name, message]}
+    {"op": "bool", "ref": n} -> {"value": true | false} | {"raised": [...]}
 A value `v` is `wire.encode`d; objects that are not data go out as references (`{"ref": n}`) into `refs`.
 """
 
@@ -78,6 +79,11 @@ def serve(namespace: dict, requests, replies) -> None:
                     else:
                         found[name] = encoded(value)
             reply = {"found": found}
+        elif message.get("op") == "bool":
+            try:
+                reply = {"value": bool(deref(message["ref"]))}
+            except Exception as e:
+                reply = {"raised": [type(e).__name__, str(e)[:1000]]}
         else:
             fn = deref(message["ref"])
             args = [wire.decode(a, deref) for a in message["args"]]
