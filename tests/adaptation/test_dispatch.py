@@ -45,6 +45,14 @@ def test_prompt_is_the_domain_tasks_user_turn_and_reward_reads_the_label(shared_
     assert plain.response_prefix(ex) == "" and plain.sft_target(ex) == ex.solution
 
 
+def _meta(**fields) -> str:
+    """A minimal valid expert.json (experts.read_meta refuses one that names no model) with `fields`."""
+    from transformer_squared.experts import FORMAT_VERSION
+
+    return json.dumps({"format_version": FORMAT_VERSION, "base_model": {"fingerprint": "f" * 16},
+                       "shapes": {"model.layers.0.mlp.up_proj": [8, 4]}, **fields})
+
+
 def test_domains_from_an_expert_set(tmp_path, shared_data):
     layout = {"algebra": {"domain": "math"}, "coder/expert": {"domain": "code", "task": "mbpp-sanitized"},
               "router-clf": {"task": "dispatch", "domain": "dispatch"},
@@ -52,7 +60,7 @@ def test_domains_from_an_expert_set(tmp_path, shared_data):
     for name, meta in layout.items():
         (tmp_path / name).mkdir(parents=True)
         if meta is not None:
-            (tmp_path / name / "expert.json").write_text(json.dumps(meta))
+            (tmp_path / name / "expert.json").write_text(_meta(**meta))
     from transformer_squared.adaptation.expert_set import scan
 
     roles = {e.name: (e.role, e.domain) for e in scan(tmp_path)}
@@ -70,7 +78,7 @@ def test_errors(tmp_path):
     with pytest.raises(T2Error, match="either experts=DIR or domains"):
         get_task("dispatch", experts=tmp_path, domains={"math": "gsm8k"})
     (tmp_path / "medical").mkdir()
-    (tmp_path / "medical" / "expert.json").write_text(json.dumps({"domain": "medical"}))
+    (tmp_path / "medical" / "expert.json").write_text(_meta(domain="medical"))
     with pytest.raises(T2Error, match="no default training task"):
         get_task("dispatch", experts=tmp_path)
     with pytest.raises(T2Error, match="no such experts directory"):
