@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -12,15 +13,38 @@ from .fileio import atomic_path
 from .targets import layer_index, matrix_kind
 
 
+class PlotsUnavailable(T2Error):
+    """matplotlib (the optional `plots` extra) is not installed."""
+
+
 def _pyplot():
+    # Imported here, not at module level: matplotlib is an optional extra (`transformer-squared[plots]`).
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise T2Error("plots need matplotlib: pip install 'transformer-squared[plots]'") from None
+        raise PlotsUnavailable("plots need matplotlib: pip install 'transformer-squared[plots]'") from None
     return plt
+
+
+_warned_unavailable = False
+
+
+def optional_plot(plot: Callable[..., Path], *args, **kwargs) -> Path | None:
+    """`plot(*args, **kwargs)` when matplotlib is installed; otherwise None and, once per process, a warning.
+
+    For plots that accompany a result (training curves, an expert's z.png) rather than being the result: a
+    missing optional extra must not cost the run its expert."""
+    global _warned_unavailable
+    try:
+        return plot(*args, **kwargs)
+    except PlotsUnavailable as e:
+        if not _warned_unavailable:
+            _warned_unavailable = True
+            warnings.warn(f"skipping plots: {e}", stacklevel=2)
+        return None
 
 
 def _save(plt, fig, path: str | Path) -> Path:

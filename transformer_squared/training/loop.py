@@ -421,12 +421,12 @@ def _progress(cfg: TrainConfig, d: Dist, start: int):
 
 
 def _plot_curves(path: Path, history: list[dict], title: str, cfg: TrainConfig) -> None:
-    from ..plots import plot_curves
+    from ..plots import optional_plot, plot_curves
 
     keys = ["reward", "accuracy", "valid_accuracy", "mixed", "no_answer", "z_drift", "loss", "kl", "grad_norm"]
     series = {k: [(r["step"], r[k]) for r in history if k in r] for k in keys}
     if any(series.values()):
-        plot_curves(series, path, title=f"{title}: {cfg.method} {cfg.objective}")
+        optional_plot(plot_curves, series, path, title=f"{title}: {cfg.method} {cfg.objective}")
 
 
 def _jsonl(row: dict) -> str:

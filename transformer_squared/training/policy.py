@@ -167,12 +167,13 @@ class SVFPolicy:
         return total / max(1, n)
 
     def save(self, directory: Path, meta: dict[str, Any]) -> Path:
-        """An Expert directory (effective z + metadata), plus z.png (mean |z − 1| per layer)."""
-        from ..plots import plot_expert
+        """An Expert directory (effective z + metadata), plus z.png (mean |z − 1| per layer) when matplotlib is
+        installed."""
+        from ..plots import optional_plot, plot_expert
 
         z = self.effective_z()
         Expert(z, self.am.expert_meta(**meta)).save(directory)
-        plot_expert(z, Path(directory) / "z.png", title=f"{meta.get('name', 'expert')}: mean |z − 1|")
+        optional_plot(plot_expert, z, Path(directory) / "z.png", title=f"{meta.get('name', 'expert')}: mean |z − 1|")
         return Path(directory)
 
     @torch.no_grad()
