@@ -183,7 +183,7 @@ def main() -> int:
     eos, pad_id = engine.eos, engine.pad_id
     res = {"model": name, "torch": torch.__version__, "repeat": args.repeat, "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-           "engine_path": type(engine._runner(256)).__name__,
+           "engine_path": type(engine.new_runner(256)).__name__,
            "prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "runs": {}}
     if res["loadavg_start"] > (os.cpu_count() or 1) and res["threads"] > 1:
         print(f"warning: load average {res['loadavg_start']:.1f} on {os.cpu_count()} cores: with "

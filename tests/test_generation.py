@@ -304,7 +304,7 @@ def test_prefill_by_length_groups_equals_one_padded_batch(arch):
 
     model = tiny_model(arch)
     engine = Engine(model, None)
-    ids, mask = engine._left_pad(random_prompts([3, 14, 4, 13, 9]))
+    ids, mask = engine.left_pad(random_prompts([3, 14, 4, 13, 9]))
     whole, split = LlamaRunner(model), LlamaRunner(model)
     a, b = whole.start(ids, mask, 6), split.start(ids, mask, 6, split=True)
     for _ in range(5):

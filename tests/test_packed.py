@@ -156,10 +156,28 @@ def test_per_row_svf_experts_prefill_as_one_batch_even_when_split_is_asked():
     svf = SVF.attach(model, decompose(model, resolve_targets(model, "mlp"), cache=False, progress=False))
     z = {name: torch.full_like(layer.S, 1.8) for name, layer in svf.layers.items()}
     engine = Engine(model, None)
-    ids, mask = engine._left_pad([[3, 17, 29, 4, 5, 6, 7, 8], [8, 9]])
+    ids, mask = engine.left_pad([[3, 17, 29, 4, 5, 6, 7, 8], [8, 9]])
     svf.set_rows([z, None])
     got = LlamaRunner(model).start(ids, mask, 4, split=True)  # rows mode: the whole batch in one forward
     svf.merge(z)
     want = LlamaRunner(model).start(ids[:1], mask[:1], 4)
     svf.restore()
     torch.testing.assert_close(got[:1], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_holding_packed_weights_can_be_copied_and_saved(tmp_path):
+    """bench_generation --bf16 deep-copies a model after the engine packed it: the copy leaves the packed
+    weights behind (oneDNN's tensors have no storage) and decodes like the original, in fp32 and in bf16."""
+    import copy
+
+    model = tiny_model("llama")
+    prompts = [[5, 6, 7, 8], [9, 10]] * 8
+    params = SamplingParams(max_new_tokens=6)
+    want = [o.token_ids for o in Engine(model, None).generate(prompts, params)]
+    assert any(k.startswith("_t2_packed") for m in model.modules() for k in m.__dict__)
+    clone = copy.deepcopy(model)
+    assert not any(k.startswith("_t2_packed") and v is not None for m in clone.modules() for k, v in m.__dict__.items())
+    assert [o.token_ids for o in Engine(clone, None).generate(prompts, params)] == want
+    torch.save(model, tmp_path / "model.pt")  # pickling drops them too
+    half = Engine(copy.deepcopy(model).to(torch.bfloat16), None).generate(prompts, params)
+    assert all(len(o.token_ids) == 6 for o in half)

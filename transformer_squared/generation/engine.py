@@ -1,41 +1,38 @@
-"""The batched generation engine: prompts in, `Completion`s out, in input order.
+"""The generation engine: prompts in, `Completion`s out, in input order; `Engine.batch` for rows that come and go.
 
-Prompts are sorted by length and cut into batches of `max_batch_size` (less padding), each batch is left-padded,
-prefilled once and decoded one token per step. A prompt repeated within a batch (RL: several samples per
-prompt) is prefilled once and its KV cache copied, and the fast path prefills the rows in groups of similar
-length (each padded to its own longest), unless per-row callbacks are given (rows may then differ). A row
-that finishes (EOS, stop string) is dropped from the running batch so its compute stops too ("compaction").
+`generate` sorts prompts by length and cuts them into chunks of `max_batch_size` (less padding); each chunk is
+decoded by a `RunningBatch` (batch.py: the one decode loop, shared with the server), left-padded, prefilled
+once and decoded one token per step. A prompt repeated within a chunk (RL: several samples per prompt) is
+prefilled once and its KV cache copied, and the fast path prefills the rows in groups of similar length (each
+padded to its own longest), unless per-row callbacks are given (rows may then differ). A row that finishes
+(EOS, stop string) is dropped from the running batch so its compute stops too ("compaction").
 Two callbacks let per-row state (such as per-row SVF z vectors) follow the rows:
 
-- `on_batch_start(indices)` before each batch's first forward pass: `indices` (LongTensor, (B,)) holds, for each
-  row of the batch in order, its position in the `prompts` list;
+- `on_batch_start(indices)` before each chunk's first forward pass: `indices` (LongTensor, (B,)) holds, for each
+  row of the chunk in order, its position in the `prompts` list;
 - `on_reindex(keep)` before the first forward pass after a compaction: `keep` (LongTensor, (n,), ascending)
   holds the positions, among the rows of the previous forward pass, of the rows that remain, in their new order.
-  So after `state = state[indices]` at batch start and `state = state[keep]` at each reindex, row i of `state`
+  So after `state = state[indices]` at chunk start and `state = state[keep]` at each reindex, row i of `state`
   always belongs to row i of the batch being computed.
 
-Which forward runs: `fast_llama.LlamaRunner` (own loop over the model's modules, preallocated KV cache) for
-Llama / Mistral / Qwen2, `hf_runner.HFRunner` (the model's HF forward and cache) for everything else.
+Which forward runs: `fast_llama.LlamaRunner` (own loop over the model's modules, preallocated KV cache that
+rows can join) for Llama / Mistral / Qwen2, `hf_runner.HFRunner` (the model's HF forward and cache) for
+everything else.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import T2Error
+from .batch import RunningBatch
 from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
-from .packed import packed_linears, packing_problem
+from .packed import packing_problem
 from .params import Completion, SamplingParams
-from .sampling import StopStrings, next_tokens
-
-# Dropping a finished row copies the KV cache of the rows behind it; skip it when so few steps are left that
-# the copy costs more than computing the dead rows would.
-_MIN_STEPS_LEFT_TO_COMPACT = 4
 
 
 @dataclass
@@ -98,17 +95,6 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def drop_rows(runner, live: list[int], tokens: torch.Tensor,
-              on_reindex: Callable[[torch.LongTensor], None] | None) -> torch.Tensor:
-    """Keep only the `live` rows of a running batch: the runner's cache, the per-row state (via `on_reindex`,
-    with the kept positions in ascending order) and the next input tokens, which are returned."""
-    keep = torch.tensor(live, dtype=torch.long, device=tokens.device)
-    runner.keep(keep)
-    if on_reindex is not None:
-        on_reindex(keep.cpu())
-    return tokens[keep]
-
-
 class Engine:
     """Batched generation with a KV cache for any HF causal LM (fast path for the Llama family).
 
@@ -141,20 +127,23 @@ class Engine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos, default=0)  # any id works: padding is masked
         self.stats = GenerationStats()
-        self._runners: dict[type, object] = {}
         self.pack_weights = pack_weights is not False and packing_problem(model) is None
 
-    def _runner(self, max_len: int):
+    def new_runner(self, max_len: int):
+        """A runner (its own KV cache) for sequences up to `max_len` tokens: the fast path where it applies."""
         problem = fast_path_problem(self.model, max_len) if self.runner != "hf" else "runner='hf'"
         if problem is not None and self.runner == "fast":
             raise T2Error(f"the fast generation path cannot run this model: {problem}; use runner='auto'")
-        kind = LlamaRunner if problem is None else HFRunner
-        if not isinstance(self._runners.get(kind), kind):
-            self._runners[kind] = LlamaRunner(self.model, fuse_weights=self.pack_weights) if kind is LlamaRunner \
-                else HFRunner(self.model)
-        return self._runners[kind]
+        if problem is None:
+            return LlamaRunner(self.model, fuse_weights=self.pack_weights)
+        return HFRunner(self.model)
 
-    def _encode(self, prompt) -> list[int]:
+    def runner_fits(self, runner, max_len: int) -> bool:
+        """Whether `runner` can carry sequences up to `max_len` tokens (the fast path has model limits)."""
+        return not isinstance(runner, LlamaRunner) or fast_path_problem(self.model, max_len) is None
+
+    def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt given as ids or as already-formatted text."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise T2Error("text prompts need a tokenizer; pass one to Engine or give token ids")
@@ -164,6 +153,14 @@ class Engine:
         if not ids:
             raise T2Error("empty prompt: every prompt needs at least one token")
         return ids
+
+    def batch(self, *, capacity: int | None = None, on_rows: Callable[[list], None] | None = None,
+              on_reindex: Callable[[torch.LongTensor], None] | None = None) -> RunningBatch:
+        """A `RunningBatch` over this engine's model: rows with their own params join and leave between steps
+        (batch.py). Use it in a `with` block. `capacity`: rows to allocate the KV cache for (default
+        `max_batch_size`; more rows still fit, by reallocating). `on_rows(states)` / `on_reindex(keep)`: keep
+        per-row state (per-row SVF z) in step with the rows of each forward pass, see batch.py."""
+        return RunningBatch(self, self.stats, capacity=capacity, on_rows=on_rows, on_reindex=on_reindex)
 
     def generate(self, prompts: Sequence[Sequence[int]] | Sequence[str], params: SamplingParams, *,
                  progress: bool = False,
@@ -176,11 +173,11 @@ class Engine:
         """
         if params.stop and self.tokenizer is None:
             raise T2Error("stop strings need a tokenizer; pass one to Engine")
-        ids = [self._encode(p) for p in prompts]
+        ids = [self.encode(p) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))  # by length; repeats adjacent
         generator = None
         if params.seed is not None and not params.greedy:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)  # one for the whole call
         results: list[Completion | None] = [None] * len(ids)
         self.stats = GenerationStats(prompts=len(ids))
         bar = None
@@ -188,24 +185,29 @@ class Engine:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(ids), desc="generate", unit="prompt")
-        was_training = self.model.training
-        self.model.eval()
+        callbacks = on_batch_start is not None or on_reindex is not None
         try:
-            with packed_linears(self.model, self.pack_weights):
-                for start in range(0, len(order), self.max_batch_size):
-                    batch = order[start : start + self.max_batch_size]
-                    if on_batch_start is not None:
-                        on_batch_start(torch.tensor(batch, dtype=torch.long))
-                    outs = self._generate_batch([ids[i] for i in batch], params, generator, on_reindex,
-                                                share_prefill=on_batch_start is None and on_reindex is None)
-                    for i, out in zip(batch, outs):
-                        results[i] = out
-                    if bar is not None:
-                        bar.update(len(batch))
+            for start in range(0, len(order), self.max_batch_size):
+                chunk = order[start : start + self.max_batch_size]
+                started = []
+
+                def on_rows(states: list) -> None:  # all rows join at the first pass; later only drops
+                    if not started and on_batch_start is not None:
+                        on_batch_start(torch.tensor(states, dtype=torch.long))
+                    started.append(True)
+
+                run = RunningBatch(self, self.stats, capacity=len(chunk), on_rows=on_rows if callbacks else None,
+                                   on_reindex=(on_reindex or (lambda keep: None)) if callbacks else None)
+                with run:
+                    rows = [run.add(ids[i], params, state=i, generator=generator) for i in chunk]
+                    while run:
+                        run.step()
+                self.stats.batches += 1
+                for i, row in zip(chunk, rows):
+                    results[i] = row.completion()
+                if bar is not None:
+                    bar.update(len(chunk))
         finally:
-            for runner in self._runners.values():
-                runner.release()
-            self.model.train(was_training)
             if bar is not None:
                 bar.close()
         return results
@@ -216,7 +218,8 @@ class Engine:
             raise T2Error("chat prompts need a tokenizer; pass one to Engine")
         return self.generate([chat_prompt_ids(self.tokenizer, c) for c in conversations], params, **kw)
 
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as one left-padded batch on the model's device: (input_ids, attention_mask), (B, T) each."""
         B, T = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
@@ -224,86 +227,3 @@ class Engine:
             input_ids[b, T - len(p) :] = torch.tensor(p)
             mask[b, T - len(p) :] = 1
         return input_ids.to(self.device), mask.to(self.device)  # (B, T) each
-
-    def _prefill(self, runner, prompts: list[list[int]], max_new_tokens: int, share: bool) -> torch.Tensor:
-        """Prefill the batch; returns the first logits (B, V). `share` (no per-row state): a prompt repeated in the
-        batch (RL samples several completions per prompt) is computed once and its cache copied to the repeats,
-        and the fast runner prefills rows in groups of similar length, each padded only to its own longest."""
-        B = len(prompts)
-        split = {"split": True} if share and isinstance(runner, LlamaRunner) else {}
-        first: dict[tuple[int, ...], int] = {}
-        index = [first.setdefault(tuple(p), len(first)) for p in prompts] if share else []
-        if share and len(first) < B:
-            logits = runner.start(*self._left_pad([list(p) for p in first]), max_new_tokens, capacity=B,
-                                  **split)
-            if runner.can_drop_rows:  # else this model's cache cannot copy rows: prefill them all below
-                index_t = torch.tensor(index, dtype=torch.long, device=self.device)
-                runner.repeat(index_t)
-                self.stats.prefill_rows += len(first)
-                return logits[index_t]
-        self.stats.prefill_rows += B
-        return runner.start(*self._left_pad(prompts), max_new_tokens, **split)
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, on_reindex, *,
-                        share_prefill: bool = False):
-        B, T = len(prompts), max(len(p) for p in prompts)
-        stops = StopStrings(self.tokenizer, params.stop)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        reasons: list[str | None] = [None] * B
-        rows = list(range(B))  # batch row of each position of the running batch
-        stats = self.stats
-        stats.batches += 1
-        t0 = time.perf_counter()
-        runner = self._runner(T + params.max_new_tokens)
-        logits = self._prefill(runner, prompts, params.max_new_tokens, share_prefill)
-        for step in range(params.max_new_tokens):
-            tokens = next_tokens(logits, params, generator)  # (n,)
-            live = []
-            check = []
-            for pos, (row, tok) in enumerate(zip(rows, tokens.tolist())):
-                if reasons[row] is not None:  # finished earlier but not dropped: ignore its token
-                    continue
-                generated[row].append(tok)
-                if tok in self.eos:
-                    reasons[row] = "stop"
-                else:
-                    live.append(pos)
-                    check.append(row)
-            if stops and check:
-                for row, hit in zip(check, stops.hits([generated[r] for r in check])):
-                    if hit:
-                        reasons[row] = "stop"
-                live = [pos for pos in live if reasons[rows[pos]] is None]
-            t1 = time.perf_counter()
-            if step == 0:
-                stats.prefill_s += t1 - t0
-            else:
-                stats.decode_s += t1 - t0
-                stats.step_rows.append(len(rows))
-                stats.step_s.append(t1 - t0)
-            t0 = t1
-            steps_left = params.max_new_tokens - step - 1
-            if not live or steps_left == 0:
-                break
-            if len(live) < len(rows) and steps_left >= _MIN_STEPS_LEFT_TO_COMPACT and runner.can_drop_rows:
-                tokens = drop_rows(runner, live, tokens, on_reindex)
-                rows = [rows[pos] for pos in live]
-            logits = runner.step(tokens)
-        stats.new_tokens += sum(len(g) for g in generated)
-        return [self._completion(generated[b], reasons[b] or "length", len(prompts[b]), stops) for b in range(B)]
-
-    def _completion(self, ids: list[int], reason: str, prompt_tokens: int, stops: StopStrings) -> Completion:
-        if self.tokenizer is None:
-            return Completion(text="", token_ids=ids, finish_reason=reason, prompt_tokens=prompt_tokens)
-        ended_on_eos = reason == "stop" and ids[-1] in self.eos
-        body = ids[:-1] if ended_on_eos else ids
-        text = self.tokenizer.decode(body, skip_special_tokens=False)
-        if stops and (cut := stops.first_stop(text)) >= 0:
-            text = text[:cut]
-            # Normally the last token completed the stop string; if the tail check missed an earlier one, the
-            # completion still ends (ids included) at the first token that completes it.
-            keep = stops.shortest_prefix(body)
-            if keep < len(body) or reason == "length":
-                ids, reason = body[:keep], "stop"
-        return Completion(text=text, token_ids=ids, finish_reason=reason, prompt_tokens=prompt_tokens)

@@ -4,7 +4,9 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
 `DynamicCache` by concatenation (which rewrites the whole cache each step), output dataclasses:
 
 - a KV cache preallocated for the whole batch (prompt + max_new_tokens), written in place; dropping finished
-  rows moves the live ones to the front in place;
+  rows moves the live ones to the front in place; new rows join a running batch (`join`: their prompts are
+  prefilled apart and end at the batch's current length, left-padded; each row keeps its own positions), and
+  the cache is re-laid out (trimmed on the left, grown on the right) only when a join does not fit;
 - RoPE cos/sin computed once per batch by the model's own `rotary_emb` and looked up per step;
 - decode attention packs the query heads that share a KV head into one (B, n_kv, n_rep, D) block (as HF's
   SDPA path does), so K/V are never repeated, with a padding mask only while some live row is padded;
@@ -129,6 +131,7 @@ class LlamaRunner:
     """Prefill + step-by-step decode of one batch with a preallocated KV cache; rows can be dropped."""
 
     can_drop_rows = True
+    can_join = True  # rows may join a running batch (`join`)
 
     def __init__(self, model, *, fuse_weights: bool = False):
         self.model = model
@@ -141,6 +144,9 @@ class LlamaRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.n_rep = self.n_heads // self.n_kv
         self.fuse_weights = fuse_weights
+        self.kv = self.key_bias = self.cos = self.sin = None
+        self.n, self.length, self.pos, self.padded = 0, 0, None, False
+        self.prefilled = 0  # prompts run through the last prefill
 
     def _fused_qkv(self, attn, h: torch.Tensor) -> torch.Tensor | None:
         """q|k|v of `h` (..., C) as one packed product (..., (H + 2 Hkv) D), or None where the layers or the
@@ -170,42 +176,85 @@ class LlamaRunner:
     @torch.no_grad()
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
               capacity: int | None = None, split: bool = False) -> torch.Tensor:
-        """Prefill a left-padded batch; returns the logits (B, V) for the first new token. `capacity`: rows to
-        allocate the cache for (>= B), when `repeat` will grow the batch.
+        """Prefill a left-padded batch (B, T) into an empty cache; returns the logits (B, V) for the first new
+        token. `capacity`: rows to allocate the cache for (>= B). See `join`."""
+        self.release()
+        return self.join(input_ids, attention_mask, max_new_tokens, capacity=capacity, split=split)
 
-        With `split`, rows run in groups of similar length (`_length_groups`), each group padded only to its own
-        longest prompt, so the padding of a mixed-length batch costs (almost) no compute; the cache stays
-        left-padded to the batch's length T, with the unused slots zeroed and masked. Only where no layer keeps
-        per-row state (per-row SVF experts expect the whole batch in every forward)."""
-        B, T = input_ids.shape
-        Hkv, D = self.n_kv, self.head_dim
-        L = T + max_new_tokens
+    @torch.no_grad()
+    def join(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int, *,
+             capacity: int | None = None, split: bool = False, repeat: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefill new rows, left-padded prompts (G, T), and append them to the running batch (after its live
+        rows); returns their logits (G, V) for the first new token (with `repeat`: (R, V), see below).
+
+        Every row's real tokens are the last `pos[b]` slots before the shared length `t`, the slots before them
+        masked. A newcomer is placed the same way: its prompt ends at `t`, so the running rows and the newcomers
+        decode in one step from then on; each row's positions are its own (`pos`), so its arithmetic is the one
+        it would have alone, whatever joined before it (up to float rounding). `steps`: the most decoding steps
+        any row may still take; the cache is re-laid out (`_relayout`) when it lacks rows, slots before `t` for a
+        longer prompt, or room for `steps`.
+
+        `split` (only where no layer keeps per-row state): rows run in groups of similar length
+        (`_length_groups`), each padded only to its own longest prompt. `repeat` (R,), non-decreasing with
+        repeat[j] <= j: the batch grows by R rows, row j a copy of prompt repeat[j], so a repeated prompt is
+        prefilled once."""
+        G = input_ids.shape[0]
+        mask = attention_mask.bool()
+        lengths = mask.sum(-1)  # (G,)
+        T = int(lengths.max())
+        input_ids, mask = input_ids[:, input_ids.shape[1] - T :], mask[:, mask.shape[1] - T :]  # drop all-pad columns
+        R = G if repeat is None else len(repeat)
+        n = self.n
+        span = max(T, int(self.pos.max()) if n else 0)  # slots before t that live rows or newcomers need
+        if self.kv is None or n + R > self.kv.shape[2] or self.length < T or self.length + steps > self.kv.shape[4]:
+            # Room beyond this join's needs only once rows are running: later joins then fit without a copy.
+            self._relayout(max(n + R, capacity or 0), span, steps + (span if n else 0))
+        t = self.length
         device = input_ids.device
-        dtype = self.embed.weight.dtype
-        capacity = max(B, capacity or B)
-        self.kv = torch.empty(len(self.layers), 2, capacity, Hkv, L, D, dtype=dtype, device=device)
-        probe = torch.empty(1, 1, dtype=dtype, device=device)
-        cos, sin = self.rotary(probe, torch.arange(L, device=device)[None])  # (1, L, D) each
-        self.cos, self.sin = cos[0], _signed_sin(sin[0])  # (L, D); sin sign-folded for `_rope`
-        mask = attention_mask.bool()  # (B, T)
-        self.pos = mask.sum(-1)  # (B,) position of the next token (as `generate` counts: real tokens only)
-        self.length = T  # filled cache slots (shared by all rows: padding is on the left)
-        self.padded = not bool(mask.all())
-        # Additive key mask for decoding: -inf on padding slots. (B, 1, 1, L)
-        self.key_bias = torch.zeros(capacity, 1, 1, L, dtype=dtype, device=device)
-        self.key_bias[:B, 0, 0, :T].masked_fill_(~mask, float("-inf"))
-        logits: list[torch.Tensor | None] = [None] * B
+        new = torch.arange(n, n + G, device=device)
+        self.key_bias[n : n + G] = 0
+        self.key_bias[n : n + G, 0, 0, : t - T] = float("-inf")
+        self.key_bias[n : n + G, 0, 0, t - T : t].masked_fill_(~mask, float("-inf"))
         split = split and not any(isinstance(m, SVFLinear) and m.mode == "rows" for m in self.model.modules())
-        groups = _length_groups(self.pos.tolist()) if split else [list(range(B))]
+        groups = _length_groups(lengths.tolist()) if split else [list(range(G))]
+        logits: list[torch.Tensor | None] = [None] * G
         for rows in groups:
             index = torch.tensor(rows, device=device)
-            Tg = int(self.pos[index].max())
-            if Tg < T:  # slots left of this group's window: never written, masked; zero so 0 * value stays 0
-                self.kv[:, :, index, :, : T - Tg] = 0
-            out = self._prefill(input_ids[index, T - Tg :], mask[index, T - Tg :], index, T - Tg)
+            Tg = int(lengths[index].max())
+            if Tg < t:  # slots left of this group's window: never written, masked; zero so 0 * value stays 0
+                self.kv[:, :, new[index], :, : t - Tg] = 0
+            out = self._prefill(input_ids[index, T - Tg :], mask[index, T - Tg :], new[index], t - Tg)
             for j, b in enumerate(rows):
                 logits[b] = out[j]
-        return torch.stack(logits)  # (B, V)
+        self.pos = torch.cat([self.pos[:n], lengths]) if n else lengths.clone()
+        self.n = n + G
+        self.prefilled = G
+        out = torch.stack(logits)  # (G, V)
+        if repeat is not None:
+            self._repeat_tail(n, repeat)
+            out = out[repeat]
+        self.padded = bool(torch.isinf(self.key_bias[: self.n, :, :, :t]).any())
+        return out
+
+    def _relayout(self, rows: int, span: int, room: int) -> None:
+        """A new cache of `rows` rows and `span + room` slots; the live rows keep their last `span` slots, moved
+        to the front, and the shared length becomes `span` (slots no live row needs are dropped)."""
+        n, L = self.n, span + room
+        dtype, device = self.embed.weight.dtype, self.embed.weight.device
+        kv = torch.empty(len(self.layers), 2, rows, self.n_kv, L, self.head_dim, dtype=dtype, device=device)
+        bias = torch.zeros(rows, 1, 1, L, dtype=dtype, device=device)  # additive key mask: -inf on unused slots
+        if n:
+            kept = min(self.length, span)
+            src, dst = slice(self.length - kept, self.length), slice(span - kept, span)
+            kv[:, :, :n, :, dst] = self.kv[:, :, :n, :, src]
+            bias[:n, :, :, dst] = self.key_bias[:n, :, :, src]
+            kv[:, :, :n, :, : span - kept] = 0  # masked; zero so 0 * value stays 0
+            bias[:n, :, :, : span - kept] = float("-inf")
+        self.kv, self.key_bias, self.length = kv, bias, span
+        if self.cos is None or self.cos.shape[0] < L:  # positions never exceed slots: a row's tokens fit in L
+            probe = torch.empty(1, 1, dtype=dtype, device=device)
+            cos, sin = self.rotary(probe, torch.arange(L, device=device)[None])  # (1, L, D) each
+            self.cos, self.sin = cos[0], _signed_sin(sin[0])  # (L, D); sin sign-folded for `_rope`
 
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, offset: int) -> torch.Tensor:
         """Run the prompts `input_ids` (G, Tg), left-padded per `mask` (bool), of batch rows `rows` through the
@@ -276,20 +325,22 @@ class LlamaRunner:
         return self.lm_head(self.norm(x))[:, 0]  # (n, V)
 
     def release(self) -> None:
-        """Free the KV cache."""
-        self.kv = self.key_bias = None
+        """Free the KV cache; the batch is empty afterwards."""
+        self.kv = self.key_bias = self.cos = self.sin = None
+        self.n, self.length, self.pos, self.padded = 0, 0, None, False
 
-    def repeat(self, index: torch.Tensor) -> None:
-        """Row j becomes a copy of row index[j] (non-decreasing, index[j] <= j, len(index) <= capacity), in place:
-        one prefill serves repeated prompts."""
+    def _repeat_tail(self, start: int, index: torch.Tensor) -> None:
+        """Rows start.. become start + len(index) rows, row start+j a copy of row start+index[j] (non-decreasing,
+        index[j] <= j), in place: one prefill serves repeated prompts."""
         t = self.length
         idx = index.tolist()
         for dst in reversed(range(len(idx))):  # dst >= src: a row is read before anything overwrites it
             src = idx[dst]
             if src != dst:
-                self.kv[:, :, dst, :, :t] = self.kv[:, :, src, :, :t]
-                self.key_bias[dst] = self.key_bias[src]
-        self.pos = self.pos[index]
+                self.kv[:, :, start + dst, :, :t] = self.kv[:, :, start + src, :, :t]
+                self.key_bias[start + dst] = self.key_bias[start + src]
+        self.pos = torch.cat([self.pos[:start], self.pos[start:][index]])
+        self.n = start + len(idx)
 
     def keep(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (ascending positions among the live rows), moving them to the front in place."""
@@ -299,5 +350,6 @@ class LlamaRunner:
                 self.kv[:, :, dst, :, :t] = self.kv[:, :, src, :, :t]
                 self.key_bias[dst] = self.key_bias[src]
         self.pos = self.pos[keep]
+        self.n = len(keep)
         if self.padded:
-            self.padded = bool(torch.isinf(self.key_bias[: len(keep)]).any())
+            self.padded = bool(torch.isinf(self.key_bias[: self.n, :, :, :t]).any())

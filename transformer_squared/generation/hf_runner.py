@@ -2,7 +2,9 @@
 
 Left padding with an attention mask and `position_ids = cumsum(mask) - 1`, as `model.generate` does, so greedy
 output matches it. Rows are dropped from the cache when the cache supports `batch_select_indices`
-(`DynamicCache` does); otherwise finished rows ride along until their batch ends.
+(`DynamicCache` does); otherwise finished rows ride along until their batch ends. Rows cannot join a running
+batch (`can_join` is False: caches differ by model, some with sliding-window or static layers), so with this
+runner new rows start when the running ones have finished.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ import torch
 class HFRunner:
     """Prefill + step-by-step decode of one batch with `model.forward` and the model's own KV cache."""
 
+    can_join = False
+
     def __init__(self, model):
         self.model = model
         params = inspect.signature(model.forward).parameters
         self.accepts_position_ids = "position_ids" in params
         self.accepts_logits_to_keep = "logits_to_keep" in params
+        self.cache = None
+        self.n = 0
+        self.prefilled = 0  # prompts run through the last prefill
 
     def _forward(self, input_ids, position_ids, cache):
         kwargs = dict(input_ids=input_ids, attention_mask=self.mask, past_key_values=cache, use_cache=True)
@@ -39,7 +46,23 @@ class HFRunner:
         self.mask = attention_mask.long()  # (B, T), grows by one column per step
         pos = (self.mask.cumsum(-1) - 1).masked_fill(self.mask == 0, 0)  # (B, T), as in `generate`
         self.pos = pos[:, -1:] + 1  # (B, 1)
+        self.n = self.prefilled = input_ids.shape[0]
         return self._forward(input_ids, pos, None)
+
+    @torch.no_grad()
+    def join(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int, *,
+             capacity: int | None = None, split: bool = False, repeat: torch.Tensor | None = None) -> torch.Tensor:
+        """`start`, for an empty batch only (see the module docstring). With `repeat` (R,), row j becomes a copy
+        of prompt repeat[j] (one prefill per distinct prompt where the cache can copy rows, else all of them)."""
+        if self.n:
+            raise RuntimeError("HFRunner cannot add rows to a running batch; wait until it has finished")
+        logits = self.start(input_ids, attention_mask, steps)
+        if repeat is None:
+            return logits
+        if self.can_drop_rows:
+            self.keep(repeat)
+            return logits[repeat]
+        return self.start(input_ids[repeat], attention_mask[repeat], steps)  # this cache cannot copy rows
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -54,14 +77,12 @@ class HFRunner:
         return hasattr(getattr(self, "cache", None), "batch_select_indices")
 
     def release(self) -> None:
-        """Free the KV cache."""
+        """Free the KV cache; the batch is empty afterwards."""
         self.cache = None
-
-    def repeat(self, index: torch.Tensor) -> None:
-        """Row j becomes a copy of row index[j] (needs `can_drop_rows`)."""
-        self.keep(index)
+        self.n = 0
 
     def keep(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (positions among the live rows)."""
         self.cache.batch_select_indices(keep)
         self.mask, self.pos = self.mask[keep], self.pos[keep]
+        self.n = len(keep)

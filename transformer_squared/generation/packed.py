@@ -19,9 +19,9 @@ to `F.linear`, where oneDNN's per-call overhead made it slower (measured on AMD 
 their weights stacked side by side (the fast Llama path uses it): fewer, wider products, one packed copy.
 
 Cost: one extra copy of the linear weights in memory (`unpack(model)` frees it) and a re-pack after each weight
-change (~0.1 s per 100 MB). Results equal `F.linear` up to float rounding (a different summation order), which
-can flip a greedy token where two logits tie to ~1e-6. Outside the context, or with gradients enabled, layers
-compute as usual.
+change (~0.1 s per 100 MB). Copies of the model (`copy.deepcopy`, pickling) leave the packed copies behind.
+Results equal `F.linear` up to float rounding (a different summation order), which can flip a greedy token where
+two logits tie to ~1e-6. Outside the context, or with gradients enabled, layers compute as usual.
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ from torch import nn
 _ATTR = "_t2_packed"  # (weight and bias versions, packed weight, bias) on the module; fused copies add a suffix
 BATCH_HINT = 16  # rows the packed layout is tuned for; any row count works
 SMALL_GEMV = 1_500_000  # weights: below this, a one-row product runs faster unpacked (see the module doc)
+
+
+class _Packed(tuple):
+    """(key, packed weight, bias) kept on a module. A copy or a pickle of the module drops it (None: rebuilt on
+    the next packed call): oneDNN's blocked tensor has no storage, so `copy.deepcopy(model)` and `torch.save`
+    would fail on it, and a packed copy belongs to the weights it was made from anyway."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo) -> None:
+        return None
+
+    def __reduce__(self):
+        return (type(None), ())
 
 
 def packing_problem(model) -> str | None:
@@ -94,7 +108,8 @@ def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor) -> to
         if any(m.bias is not None for m in linears):
             bias = torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(w.shape[0])
                               for m, w in zip(linears, weights)])
-        owner.__dict__[attr] = cached = (key, torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT), bias)
+        cached = _Packed((key, torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT), bias))
+        owner.__dict__[attr] = cached
     return torch.ops.mkldnn._linear_pointwise(x, cached[1], cached[2], "none", [], "")
 
 

@@ -23,12 +23,12 @@ _ids = itertools.count(1)
 # -- what the worker tells the request handler -------------------------------------------------------------
 @dataclass
 class Started:
-    """The job's weights are chosen and its batch starts decoding."""
+    """The job's weights are chosen and it joins the running batch (prefilled at the next step)."""
 
     expert: str  # the expert's name, or "base"
     label: str  # what pass 1 decided ("requested" when the request named the model)
-    mode: str  # how its batch runs: "merged" (one set of weights) or "rows" (per-row z)
-    batch_size: int
+    mode: str  # how the batch runs as it joins: "merged" (one set of weights) or "rows" (per-row z)
+    batch_size: int  # rows in the running batch, itself included
 
 
 @dataclass

@@ -1,23 +1,28 @@
-"""The batching worker: one thread owns the model; requests that arrive together are decoded together.
+"""The batching worker: one thread owns the model; requests join the running batch between decoding steps.
 
     scheduler = Scheduler(sam, ServeConfig())        # sam: adaptation.model.SelfAdaptiveModel
     scheduler.start()
     scheduler.submit(job)                            # from any thread; events arrive through job.sink
     scheduler.stop(timeout=30)
 
-The loop: wait for a request; wait up to `batch_wait_ms` more (or until `max_batch_size` are queued); take up to
-`max_batch_size` in arrival order and run them as one batch:
+The loop (continuous batching, as vLLM and TGI do): while no row runs, wait for a request, then up to
+`batch_wait_ms` more (or until `max_batch_size` are queued); while rows run, take whatever is queued, up to
+`max_batch_size` rows in all, between two decoding steps. The requests taken together join the running batch
+(generation/batch.py, the engine's one decode loop):
 
-1. pass 1 for the rows whose model is "auto": the strategy's `choose` over all of them at once (base weights);
-2. weights: if every row uses the same weights (and `merge_uniform`), they are activated merged through the
-   runtime's weight cache (a copy when cached: full speed); otherwise per-row mode, `svf.set_rows([z or None])`,
-   each row its own expert computed factored, with `svf.select_rows` following the rows the decoder drops;
-3. decode (decode.py): every row with its own params; a row's result goes back the moment it finishes.
+1. pass 1 for the newcomers whose model is "auto": the strategy's `choose` over all of them at once (base
+   weights; the running rows' weights are put back afterwards);
+2. weights: if every row, running or joining, uses the same weights (and `merge_uniform`), they are merged
+   through the runtime's weight cache (a copy when cached: full speed); otherwise per-row mode, each row its
+   own expert computed factored: the batch calls `svf.set_rows([z or None])` for the rows of each forward pass
+   (the newcomers' prefill, then all rows) and `svf.select_rows` when rows leave. When the rows left after
+   some finish share one expert again, the batch goes back to merged weights (if that costs only a copy);
+3. step: the newcomers are prefilled and every row decodes one token; a row's text is streamed as it comes
+   and its result goes back the moment it finishes, and its slot is free for the next request.
 
-Requests arriving meanwhile queue for the next batch (batches do not grow once started: the runners' KV cache
-is allocated per batch). Admission is bounded: at most `max_queue` requests queued or running; a client that
-goes away (`cancel`) leaves the queue at once, or is dropped from its running batch at the next step. `stop`
-drains: no new requests, the admitted ones finish (up to a timeout), then the worker ends on base weights.
+Admission is bounded: at most `max_queue` requests queued or running; a client that goes away (`cancel`)
+leaves the queue at once, or is dropped from the running batch at the next step. `stop` drains: no new
+requests, the admitted ones finish (up to a timeout), then the worker ends on base weights.
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ from collections import deque
 from typing import Any
 
 from ..adaptation.cache import expert_key
+from ..generation.batch import Row, RunningBatch
 from ..adaptation.strategy import Choice
 from ..errors import T2Error
 from .config import ServeConfig
-from .decode import Row, decode
 from .jobs import AUTO, BASE, Failed, Finished, Job, Started, TextDelta
 from .openai_compat import APIError
 
 log = logging.getLogger(__name__)
+_INTERNAL = ("open", "t0")  # bookkeeping keys of a `batch_log` entry, not shown by /health
 
 
 def _cancelled_error() -> APIError:
@@ -60,13 +66,19 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._admitted = 0  # queued + running
         self._running = 0
-        self._running_jobs: list[Job] = []  # the batch being run
+        self._running_jobs: list[Job] = []  # taken from the queue, not finished (guarded by the lock)
+        self._batch: RunningBatch | None = None  # the running batch (worker thread only), None when idle
+        self._rows: dict[Job, Row] = {}  # the running batch's jobs and their rows (worker thread only)
+        self._groups: dict[Job, dict[str, Any]] = {}  # each running job's entry of `batch_log`
+        self._mode: str | None = None  # "merged" or "rows" while a batch runs
         self._draining = False
         self._thread: threading.Thread | None = None
         self.stats: dict[str, Any] = {"requests": 0, "completed": 0, "failed": 0, "cancelled_queued": 0,
                                       "cancelled_running": 0, "refused_full": 0, "batches": 0, "rows": 0,
-                                      "new_tokens": 0, "max_batch": 0}
-        self.batch_log: deque[dict[str, Any]] = deque(maxlen=256)  # the latest batches, for /health and tests
+                                      "new_tokens": 0, "max_batch": 0, "steps": 0}
+        # The latest groups of requests that joined the batch together (size, mode, experts, pass-1 and
+        # prefill seconds, their tokens and seconds once all have finished), for /health and tests.
+        self.batch_log: deque[dict[str, Any]] = deque(maxlen=256)
 
     @property
     def model_ids(self) -> list[str]:
@@ -115,7 +127,8 @@ class Scheduler:
         with self._cond:
             return {"status": "draining" if self._draining else "ok", "queued": len(self._pending),
                     "running": self._running, "admitted": self._admitted, "max_queue": self.config.max_queue,
-                    "stats": dict(self.stats), "recent_batches": list(self.batch_log)[-8:]}
+                    "stats": dict(self.stats), "recent_batches": [{k: v for k, v in b.items() if k not in _INTERNAL}
+                                                         for b in list(self.batch_log)[-8:]]}
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,46 +164,65 @@ class Scheduler:
         return clean
 
     # -- the worker ----------------------------------------------------------------------------------------
-    def _take(self) -> list[Job] | None:
-        """Block until a batch is ready (None: stop). Marks the jobs running."""
+    def _take(self, block: bool) -> list[Job] | None:
+        """Jobs to join the batch, marked running: with `block` (nothing running), wait for one and then the
+        batching window; else whatever is queued, without waiting. None: stop."""
         cfg = self.config
         with self._cond:
-            while not self._pending:
-                if self._draining and self._admitted == 0:
-                    return None
-                self._cond.wait(0.5)
-            deadline = self._pending[0].arrived + cfg.batch_wait_ms / 1000
-            while self._pending and len(self._pending) < cfg.max_batch_size and not self._draining:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch = [self._pending.popleft() for _ in range(min(cfg.max_batch_size, len(self._pending)))]
-            for job in batch:
+            if block:
+                while not self._pending:
+                    if self._draining and self._admitted == 0:
+                        return None
+                    self._cond.wait(0.5)
+                deadline = self._pending[0].arrived + cfg.batch_wait_ms / 1000
+                while self._pending and len(self._pending) < cfg.max_batch_size and not self._draining:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            free = cfg.max_batch_size - len(self._rows)
+            jobs = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+            for job in jobs:
                 job.state = "running"
-            self._running += len(batch)
-            self._running_jobs = list(batch)
-            return batch
+            self._running += len(jobs)
+            self._running_jobs.extend(jobs)
+            return jobs
 
     def _loop(self) -> None:
         try:
-            while (batch := self._take()) is not None:
+            while (jobs := self._take(block=not self._rows)) is not None:
                 try:
-                    self._run_batch(batch)
-                finally:
-                    with self._cond:
-                        self._running_jobs = []
-                    for job in batch:  # never leak a slot, whatever went wrong
-                        self._finish(job, Failed(APIError(500, "the request was not completed", type="server_error")),
+                    if jobs:
+                        self._admit(jobs)
+                    if self._rows:
+                        self._step()
+                except Exception as e:  # never leak a slot or leave a half-updated batch behind
+                    log.exception("decoding failed")
+                    for job in [*jobs, *self._rows]:
+                        self._finish(job, Failed(APIError(500, f"generation failed: {e}", type="server_error")),
                                      "failed")
+                    self._close_batch()
+                    self.rt.cache.activate(None)
         finally:
+            for job in list(self._rows):
+                self._finish(job, Failed(APIError(500, "the request was not completed", type="server_error")),
+                             "failed")
+            self._close_batch()
             try:
                 self.rt.cache.activate(None)  # leave the model on its base weights
             except Exception:  # pragma: no cover - nothing left to tell
                 log.exception("restoring the base weights failed")
 
     def _finish(self, job: Job, event: Finished | Failed, counter: str) -> None:
+        self._rows.pop(job, None)
+        group = self._groups.pop(job, None)
         with self._cond:
+            if job in self._running_jobs:
+                self._running_jobs.remove(job)
+            if group is not None:
+                group["open"] -= 1
+                if not group["open"]:
+                    group["seconds"] = round(time.perf_counter() - group.pop("t0"), 4)
             if job.state == "done":
                 return
             self.stats[counter] += 1
@@ -202,11 +234,15 @@ class Scheduler:
             return Choice.base(label="requested")
         return Choice(self.experts[model], model, self.domains[model])
 
-    def _run_batch(self, jobs: list[Job]) -> None:
+    def _admit(self, jobs: list[Job]) -> None:
+        """Pass 1 for the "auto" jobs, the weights for running + joining rows, and the jobs' rows added to the
+        batch (prefilled at the next step)."""
         t0 = time.perf_counter()
         auto = [j for j in jobs if j.model == AUTO and not j.cancelled]
         pass1 = 0.0
         if auto:
+            self.rt.cache.activate(None)  # out of per-row mode: pass 1 runs its own batches
+            self._mode = None  # the running rows' weights are set again below
             try:
                 choices, pass1 = self.sam.choose([j.conversation for j in auto])
             except Exception as e:
@@ -217,7 +253,7 @@ class Scheduler:
             else:
                 for j, c in zip(auto, choices):
                     j.choice = c
-        live = []
+        joining = []
         for j in jobs:
             if j.cancelled:
                 self._finish(j, Failed(_cancelled_error()), "cancelled_running")
@@ -225,52 +261,102 @@ class Scheduler:
                 if j.choice is None:
                     j.choice = self._choice(j.model)
                 j.expert = j.choice.name
-                live.append(j)
-        if not live:
+                joining.append(j)
+        if not joining:
+            if self._rows:
+                self._set_weights(fresh=False)
             return
-        try:
-            mode = self._activate([j.choice.expert for j in live])
-            rows = [Row(j.prompt_ids, j.params, on_text=self._text_sink(j) if j.stream else None,
-                        cancelled=j._cancel.is_set, on_done=self._done_sink(j)) for j in live]
-            for j in live:
-                j.sink(Started(j.expert, j.choice.label, mode, len(live)))
-            stats = decode(self.rt.engine, rows, on_reindex=self.rt.am.svf.select_rows if mode == "rows" else None)
-            if mode == "rows":  # between batches the model is merged or base, as strategies and the cache expect
-                self.rt.am.svf.restore()  # (no weight copy: per-row mode never writes the weights)
-        except Exception as e:
-            log.exception("decoding a batch failed")
-            for j in live:
-                self._finish(j, Failed(APIError(500, f"generation failed: {e}", type="server_error")), "failed")
-            self.rt.cache.activate(None)
-            return
+        fresh = self._batch is None
+        if fresh:
+            self._batch = self.rt.engine.batch(capacity=self.config.max_batch_size, on_rows=self._on_rows,
+                                               on_reindex=self._on_reindex)
+            self._batch.__enter__()
+        for j in joining:
+            self._rows[j] = self._batch.add(j.prompt_ids, j.params, state=j.choice.expert,
+                                            on_text=self._text_sink(j) if j.stream else None)
+        mode = self._set_weights(fresh=fresh)
+        size = len(self._rows)
+        for j in joining:
+            j.sink(Started(j.expert, j.choice.label, mode, size))
+        group = {"size": len(joining), "running": size, "mode": mode, "experts": [j.expert for j in joining],
+                 "pass1_s": round(pass1, 4), "prefill_s": None, "new_tokens": 0, "seconds": None,
+                 "open": len(joining), "t0": t0}
         with self._cond:
             self.stats["batches"] += 1
-            self.stats["rows"] += len(live)
-            self.stats["new_tokens"] += stats.new_tokens
-            self.stats["max_batch"] = max(self.stats["max_batch"], len(live))
-        self.batch_log.append({"size": len(live), "mode": mode, "experts": [j.expert for j in live],
-                               "pass1_s": round(pass1, 4), "prefill_s": round(stats.prefill_s, 4),
-                               "decode_s": round(stats.decode_s, 4), "steps": stats.steps,
-                               "new_tokens": stats.new_tokens, "seconds": round(time.perf_counter() - t0, 4)})
+            self.stats["rows"] += len(joining)
+            self.stats["max_batch"] = max(self.stats["max_batch"], size)
+            self.batch_log.append(group)
+        for j in joining:
+            self._groups[j] = group
 
-    def _activate(self, experts: list) -> str:
-        """Put the batch's weights in place; returns the mode ("merged" or "rows")."""
+    def _set_weights(self, fresh: bool) -> str:
+        """Put the weights of the running rows in place: merged when they all use one expert (and
+        `merge_uniform`, and that expert is cached or the batch is starting: a merge mid-batch would stall
+        every row), else per-row z. Returns the mode."""
+        experts = [j.choice.expert for j in self._rows]
         keys = {None if e is None else expert_key(e) for e in experts}
-        if len(keys) == 1 and self.config.merge_uniform:
-            self.rt.cache.activate(experts[0])
-            return "merged"
-        self.rt.am.svf.set_rows([None if e is None else e.z for e in experts])
-        return "rows"
+        uniform = len(keys) == 1 and self.config.merge_uniform
+        cheap = fresh or experts[0] is None or experts[0] in self.rt.cache or self._mode == "merged"
+        mode = "merged" if uniform and cheap else "rows"
+        if mode == "merged":
+            self.rt.cache.activate(experts[0])  # a no-op when in place, else a copy (cached) or the first merge
+        elif self._mode != "rows":
+            self.rt.cache.activate(None)  # per-row z goes on top of the base weights (activating them again
+            # while in per-row mode would clear the rows' z)
+        if mode != self._mode:
+            self._batch.reset_rows()  # per-row state set again (or not at all) before the next forward
+        self._mode = mode
+        return mode
 
-    @staticmethod
-    def _text_sink(job: Job):
-        return lambda text: job.sink(TextDelta(text))
+    def _on_rows(self, experts: list) -> None:
+        if self._mode == "rows":
+            self.rt.am.svf.set_rows([None if e is None else e.z for e in experts])
 
-    def _done_sink(self, job: Job):
-        def done(row: Row) -> None:
+    def _on_reindex(self, keep) -> None:
+        if self._mode == "rows":
+            self.rt.am.svf.select_rows(keep)
+
+    def _step(self) -> None:
+        """One decoding step (newcomers prefilled first); finished rows report and leave."""
+        for job, row in self._rows.items():
+            if job.cancelled:
+                self._batch.cancel(row)
+        stats = self.rt.engine.stats
+        prefill = stats.prefill_s
+        fresh = {id(g): g for g in self._groups.values() if g["prefill_s"] is None}  # joined since the last step
+        finished = self._batch.step()
+        for g in fresh.values():
+            g["prefill_s"] = round(stats.prefill_s - prefill, 4)
+        by_row = {id(row): job for job, row in self._rows.items()}
+        for row in finished:
+            job = by_row[id(row)]
+            group = self._groups.get(job)
+            if group is not None:
+                group["new_tokens"] += len(row.token_ids)
+            with self._cond:
+                self.stats["new_tokens"] += len(row.token_ids)
             if row.finish_reason == "cancelled":
                 self._finish(job, Failed(_cancelled_error()), "cancelled_running")
             else:
                 self._finish(job, Finished(row.text, row.finish_reason, len(row.prompt_ids), len(row.token_ids),
                                            job.expert), "completed")
-        return done
+        with self._cond:
+            self.stats["steps"] += 1
+        if not self._rows:
+            self._close_batch()
+        elif finished and self._mode == "rows":
+            self._set_weights(fresh=False)  # the rows left may share one expert again
+
+    def _close_batch(self) -> None:
+        """Free the batch's KV cache; between batches the model is merged or base, as strategies and the cache
+        expect (per-row mode never writes the weights: leaving it is free)."""
+        if self._batch is not None:
+            self._batch.close()
+        self._batch = None
+        if self._mode == "rows":
+            self.rt.am.svf.restore()
+        self._mode = None
+
+    @staticmethod
+    def _text_sink(job: Job):
+        return lambda text: job.sink(TextDelta(text))
