@@ -33,7 +33,9 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
+# lint-imports checks the package's layering ([tool.importlinter] in pyproject.toml) before the tests run.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
 test-fast: setup

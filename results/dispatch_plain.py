@@ -26,7 +26,7 @@ from transformer_squared.adaptation.model import SelfAdaptiveModel
 from transformer_squared.fileio import atomic_write_json
 from transformer_squared.metrics import wilson_interval
 from transformer_squared.models import DEFAULT_MODEL
-from transformer_squared.tasks.dispatch import dispatch_task
+from transformer_squared.adaptation.dispatch import dispatch_task
 
 HERE = Path(__file__).resolve().parent
 

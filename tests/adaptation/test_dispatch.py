@@ -106,3 +106,17 @@ def test_prompt_forms_plain_and_mixed(shared_data):
         "dispatch", per_domain=20, form="mixed").load("train", shared_data)]  # seeded
     with pytest.raises(T2Error, match="form must be one of"):
         get_task("dispatch", form="casual")
+
+
+def test_the_registry_reaches_the_dispatch_task_without_tasks_importing_adaptation():
+    import subprocess
+    import sys
+
+    from transformer_squared.adaptation.dispatch import DispatchTask
+
+    assert isinstance(get_task("dispatch", per_domain=2), DispatchTask)
+    # In a fresh interpreter: importing tasks (and building a benchmark) must not pull in the layer above it.
+    code = ("import sys, transformer_squared.tasks as t; t.get_task('gsm8k'); "
+            "print(sorted(m for m in sys.modules if m.startswith('transformer_squared.adaptation')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

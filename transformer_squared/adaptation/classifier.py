@@ -1,6 +1,6 @@
 """Classification-expert adaptation (SPEC §4): the prompt strategy with a trained dispatch expert merged in pass 1.
 
-The dispatch expert is an ordinary SVF expert trained with the RL recipe on `tasks/dispatch.py` (prompts from
+The dispatch expert is an ordinary SVF expert trained with the RL recipe on `adaptation/dispatch.py` (prompts from
 the experts' *training* splits, reward from the extracted label), saved as DIR/dispatch with meta role
 "dispatch". Pass 1 merges it (a cached copy after the first time) and classifies with the prompt strategy's
 prompt, its reply prefilled with "Classification: \\boxed{" as the dispatch task prefills it in training
@@ -21,7 +21,7 @@ def no_dispatch_expert(directory) -> T2Error:
 
 class ClassifierStrategy(PromptStrategy):
     name = "classifier"
-    default_prefill = True  # as the dispatch task trains it (tasks/dispatch.py); --no-prefill if trained without
+    default_prefill = True  # as the dispatch task trains it (adaptation/dispatch.py); --no-prefill if trained without
 
     def __init__(self, runtime, config: PromptConfig = PromptConfig()):
         if runtime.experts.dispatch is None:

@@ -17,7 +17,7 @@ Departures from the reference (numbered):
    first `\\boxed{...}` and an exact match.
 4. `prefill` starts the reply with "Classification: \\boxed{" so the model only has to name the category. Off
    by default for the prompt strategy (the paper's setting), on for the classifier (its dispatch expert is
-   trained with that prefix, tasks/dispatch.py). Measured on SmolLM2-135M-Instruct, 18 test prompts of the
+   trained with that prefix, adaptation/dispatch.py). Measured on SmolLM2-135M-Instruct, 18 test prompts of the
    six tasks: unprefilled, 0/18 replies contain a box (the model answers the question instead); prefilled,
    2/18 correct labels, the rest mostly words lifted from the prompt (-> others). `max_new_tokens` bounds
    pass 1 (the reference allowed 1024).

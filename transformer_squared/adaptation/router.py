@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from .._version import __version__
 from ..errors import T2Error
 from ..fileio import atomic_path, atomic_write_json
+from .dispatch import FORMS, DispatchTask
 from .labels import OTHERS
 from .strategy import Choice, Conversation, user_text
 
@@ -61,8 +62,6 @@ class RouterConfig:
             raise T2Error(f"threshold_quantile must be in [0, 1), got {self.threshold_quantile}")
         if not 0 < self.holdout < 1:
             raise T2Error(f"holdout must be in (0, 1), got {self.holdout}")
-        from ..tasks.dispatch import FORMS
-
         if self.form not in FORMS:
             raise T2Error(f"router form must be one of {', '.join(FORMS)}, got {self.form!r}")
         if self.layer != "auto" and not isinstance(self.layer, int):
@@ -206,9 +205,7 @@ def fit_router(model, tokenizer, texts: dict[str, list[str]], config: RouterConf
 def training_texts(tasks: dict[str, str], per_domain: int, seed: int, data_dir=None,
                    form: str = "mixed") -> dict[str, list[str]]:
     """domain -> `per_domain` prompts from its task's train split (via the dispatch task: balanced, seeded),
-    written as `form` says (see tasks/dispatch.py)."""
-    from ..tasks.dispatch import DispatchTask
-
+    written as `form` says (see dispatch.py)."""
     examples = DispatchTask(tasks, per_domain=per_domain, seed=seed, form=form).load("train", data_dir)
     out: dict[str, list[str]] = {d: [] for d in tasks}
     for ex in examples:

@@ -9,6 +9,7 @@ Generation stops: the paper's stop strings ("Instruction:", "Response:") belonge
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Callable, Sequence
 
@@ -16,13 +17,14 @@ from ..errors import T2Error
 from .arc import ARC
 from .base import Example, Task, Verdict
 from .custom import custom_task
-from .dispatch import dispatch_task
 from .gsm8k import GSM8K
 from .hendrycks_math import MATH, MATH500
 from .humaneval import HumanEval
 from .mbpp import MBPP
 
-_TASKS: dict[str, Callable[..., Task]] = {
+# A factory, or "module:attribute" for a task defined in a higher layer of the package: such an entry is imported
+# when asked for, so tasks/ never imports the layers built on it (the dispatch task is made of adaptation's pieces).
+_TASKS: dict[str, Callable[..., Task] | str] = {
     "gsm8k": GSM8K,
     "math": MATH,
     "math500": MATH500,
@@ -31,7 +33,7 @@ _TASKS: dict[str, Callable[..., Task]] = {
     "mbpp": lambda timeout=10.0: MBPP(sanitized=False, timeout=timeout),
     "mbpp-sanitized": lambda timeout=10.0: MBPP(sanitized=True, timeout=timeout),
     "humaneval": HumanEval,
-    "dispatch": dispatch_task,
+    "dispatch": "transformer_squared.adaptation.dispatch:dispatch_task",
 }
 
 
@@ -49,7 +51,7 @@ def get_task(name: str, **options) -> Task:
             options["path"] = name[len("custom:"):]
         factory: Callable[..., Task] = custom_task
     elif name in _TASKS:
-        factory = _TASKS[name]
+        factory = _factory(_TASKS[name])
     else:
         raise T2Error(f"unknown task {name!r}; choose from {', '.join(list_tasks())}, or custom:<path.jsonl>")
     try:
@@ -59,6 +61,13 @@ def get_task(name: str, **options) -> Task:
         raise T2Error(f"task {name!r} does not take option(s) {', '.join(sorted(options))}; "
                       f"it takes: {', '.join(allowed) or 'none'}") from None
     return factory(**options)
+
+
+def _factory(entry: Callable[..., Task] | str) -> Callable[..., Task]:
+    if callable(entry):
+        return entry
+    module, _, attribute = entry.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def score_many(task: Task, examples: Sequence[Example], outputs: Sequence[str], *, workers: int = 2) -> list[Verdict]:

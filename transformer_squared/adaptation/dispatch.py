@@ -3,7 +3,7 @@
 Examples are prompts drawn from the experts' own tasks, `per_domain` from each (balanced: every domain gets the
 same number, the smallest available if one has fewer; seeded), shuffled together. The prompt is the user turn
 the domain task would send (`Task.messages`), the answer the domain label; a reply is correct when its label
-(`adaptation.labels.extract_label`: last \\boxed{} wins, synonyms, unknown -> others) is the answer, so the RL
+(`labels.extract_label`: last \\boxed{} wins, synonyms, unknown -> others) is the answer, so the RL
 reward is +1/-1 on the extracted label. The system message is the prompt strategy's classification prompt.
 
 `form` says how a prompt is written: `template` (the benchmark's user turn, with its answer-format instructions),
@@ -21,6 +21,10 @@ code trained its classifier on *test* questions of GSM8K and ARC-Challenge (SPEC
 tasks); here nothing but `train` is for training, and the unseen tasks (MATH, HumanEval, ARC-Challenge) are
 never drawn. Ids are `dispatch/<domain>/<original id>`.
 
+It lives in adaptation/, not tasks/, because it is built from adaptation's pieces (the classification prompt, label
+extraction, expert sets); `tasks.get_task("dispatch")` reaches it through the registry's lazy entry, so tasks never
+imports adaptation (the layering in pyproject.toml's [tool.importlinter]).
+
     get_task("dispatch")                                     # math: gsm8k, code: mbpp, reasoning: arc-easy
     get_task("dispatch", experts="experts/", per_domain=300) # domains and tasks from an expert set
     get_task("dispatch", domains={"math": "gsm8k", "medical": "custom:med.jsonl"})
@@ -33,7 +37,13 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import T2Error
-from .base import Example, Task, Verdict
+from ..tasks import get_task
+from ..tasks._data import pick_split
+from ..tasks.base import Example, Task, Verdict
+from .expert_set import domain_tasks, scan, task_entries
+from .labels import extract_label
+from .prompt import PREFILL, classification_messages
+from .strategy import user_text
 
 PAPER_DOMAINS = {"math": "gsm8k", "code": "mbpp", "reasoning": "arc-easy"}
 FORMS = ("template", "plain", "mixed")
@@ -54,8 +64,6 @@ class DispatchTask(Task):
             raise T2Error(f"per_domain must be at least 1, got {per_domain}")
         if form not in FORMS:
             raise T2Error(f"dispatch prompt form must be one of {', '.join(FORMS)}, got {form!r}")
-        from . import get_task
-
         self.domains = dict(sorted(domains.items()))
         self.tasks = {d: get_task(t) for d, t in self.domains.items()}
         self.per_domain, self.seed = int(per_domain), int(seed)
@@ -64,9 +72,6 @@ class DispatchTask(Task):
         self.form = form
 
     def load(self, split: str | None = None, data_dir: str | Path | None = None) -> list[Example]:
-        from ..adaptation.strategy import user_text
-        from ._data import pick_split
-
         split = pick_split(self, split)
         pools = {}
         for d, task in self.tasks.items():
@@ -94,13 +99,9 @@ class DispatchTask(Task):
         return examples
 
     def messages(self, example: Example) -> list[dict[str, str]]:
-        from ..adaptation.prompt import classification_messages
-
         return classification_messages(example.prompt, list(self.domains), self.descriptions)
 
     def response_prefix(self, example: Example) -> str:
-        from ..adaptation.prompt import PREFILL
-
         return PREFILL if self.prefill else ""
 
     def sft_target(self, example: Example) -> str:
@@ -110,8 +111,6 @@ class DispatchTask(Task):
 
     def score(self, example: Example, output: str) -> Verdict:
         """`output` is prefix + continuation (or a whole reply): the label after the last box counts."""
-        from ..adaptation.labels import extract_label
-
         got = extract_label(output, list(self.domains))
         ok = got == example.answer
         return Verdict(ok, got, "" if ok else f"expected {example.answer}")
@@ -125,8 +124,6 @@ def dispatch_task(experts: str | Path | None = None, domains: Mapping[str, str] 
         raise T2Error("give the dispatch task either experts=DIR or domains={...}, not both")
     descriptions = {}
     if experts is not None:
-        from ..adaptation.expert_set import domain_tasks, scan, task_entries
-
         entries = scan(experts)
         domains = domain_tasks(entries)
         descriptions = {e.domain: str(e.meta["description"]) for e in task_entries(entries)
