@@ -39,7 +39,8 @@ def measure(method: str, args: dict, queue) -> None:
     from transformer_squared.training.config import TrainConfig
     from transformer_squared.training.distributed import Dist
     from transformer_squared.training.loop import gradient_pass, make_policy, optimizer_step
-    from transformer_squared.training.rollout import Batch, prompt_ids
+    from transformer_squared.tasks import prompt_ids
+    from transformer_squared.training.rollout import Batch
 
     set_quiet_transformers()
     torch.set_num_threads(args["threads"])
@@ -50,7 +51,7 @@ def measure(method: str, args: dict, queue) -> None:
     policy = make_policy(cfg, lm, progress=False)
     task = get_task(args["task"])
     examples = task.load("train", args["data_dir"])[: args["prompts"]]
-    prompts = [prompt_ids(lm.tokenizer, task, e) for e in examples]
+    prompts = [prompt_ids(task, lm.tokenizer, e) for e in examples]
     engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=args["prompts"])
 
     t = time.perf_counter()

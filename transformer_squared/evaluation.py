@@ -1,5 +1,11 @@
 """Evaluate a model (optionally with an expert) on a task: generate, score, summarise with a 95% CI.
 
+`generate_and_score` is the one generate -> score path: `t2 eval` (`evaluate`), the two-pass system's
+evaluation (`adaptation.evaluate`, through `evaluate` with pass 2 as its engine) and training's validation and
+test accuracy (`training.evaluate.accuracy`) all build prompts with `tasks.prompt_ids`, decode with
+`sampling_params`, and score `tasks.full_reply` with the task's batch scorer through it, so a validation accuracy
+during training and a `t2 eval` of the same expert on the same examples cannot drift apart.
+
 Long evaluations are resumable: with an output directory, per-sample records are appended to
 `records.jsonl` chunk by chunk, and a rerun with `resume=True` and the same configuration skips the ids
 already there. `summary.json` is written (atomically) at the end.
@@ -17,7 +23,7 @@ from typing import Any, Callable, Sequence
 from .errors import T2Error
 from .fileio import append_jsonl, atomic_write_json, read_json, read_jsonl
 from .metrics import accuracy_summary
-from .tasks import Example, Task, full_reply, get_task, prompt_ids
+from .tasks import Example, Task, Verdict, full_reply, get_task, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,40 @@ def select_examples(examples: Sequence[Example], limit: int | None, seed: int) -
     return [ex for i, ex in enumerate(examples) if i in keep]
 
 
+def sampling_params(task: Task, max_new_tokens: int | None = None, *, temperature: float = 0.0,
+                    top_p: float = 1.0, seed: int | None = None):
+    """How an evaluation decodes `task`: its own token budget unless one is given, its stop strings, greedy by
+    default."""
+    from .generation import SamplingParams
+
+    return SamplingParams(max_new_tokens=max_new_tokens or task.max_new_tokens, temperature=temperature,
+                          top_p=top_p, stop=tuple(task.stop), seed=seed)
+
+
+@dataclass
+class Scored:
+    """What `generate_and_score` returns for a list of examples (same order), with its two timings."""
+
+    outputs: list[Any]  # generation.Completion per example
+    replies: list[str]  # the whole reply scored: response prefix + generated text
+    verdicts: list[Verdict]
+    generation_seconds: float
+    scoring_seconds: float
+
+
+def generate_and_score(engine, tokenizer, task: Task, examples: Sequence[Example], params, *,
+                       workers: int = 2) -> Scored:
+    """Answer `examples` with `engine` (anything with `generate(prompt_ids, params)`, e.g. a generation.Engine)
+    and score the replies with the task: the evaluation path every accuracy in the library comes from."""
+    examples = list(examples)
+    t0 = time.perf_counter()
+    outs = list(engine.generate([prompt_ids(task, tokenizer, ex) for ex in examples], params))
+    t1 = time.perf_counter()
+    replies = [full_reply(task, ex, o.text) for ex, o in zip(examples, outs)]
+    verdicts = task.score_many(examples, replies, workers=workers)
+    return Scored(outs, replies, verdicts, t1 - t0, time.perf_counter() - t1)
+
+
 def evaluate(
     model,
     tokenizer,
@@ -71,7 +111,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .generation import Engine, SamplingParams
+    from .generation import Engine
 
     start = time.perf_counter()
     task = task or get_task(config.task)
@@ -80,9 +120,8 @@ def evaluate(
         raise T2Error(f"task {task.name} has no split {split!r}; it has {', '.join(task.splits)}")
     examples = select_examples(task.load(split, data_dir), config.limit, config.seed)
     engine = engine or Engine(model, tokenizer, max_batch_size=config.batch_size)
-    params = SamplingParams(max_new_tokens=config.max_new_tokens or task.max_new_tokens,
-                            temperature=config.temperature, top_p=config.top_p, stop=tuple(task.stop),
-                            seed=config.seed)
+    params = sampling_params(task, config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                             seed=config.seed)
     run_config = {**asdict(config), "split": split, **(extra or {})}
 
     records_path = Path(out_dir) / "records.jsonl" if out_dir else None
@@ -99,14 +138,9 @@ def evaluate(
         chunk = todo[i:i + config.chunk]
         if before_generate is not None:
             before_generate(chunk)
-        t0 = time.perf_counter()
-        outs = engine.generate([prompt_ids(task, tokenizer, ex) for ex in chunk], params)
-        t1 = time.perf_counter()
-        replies = [full_reply(task, ex, o.text) for ex, o in zip(chunk, outs)]
-        verdicts = task.score_many(chunk, replies, workers=config.workers)
-        t2 = time.perf_counter()
-        gen_s, score_s = gen_s + t1 - t0, score_s + t2 - t1
-        for ex, out, reply, v in zip(chunk, outs, replies, verdicts):
+        scored = generate_and_score(engine, tokenizer, task, chunk, params, workers=config.workers)
+        gen_s, score_s = gen_s + scored.generation_seconds, score_s + scored.scoring_seconds
+        for ex, out, reply, v in zip(chunk, scored.outputs, scored.replies, scored.verdicts):
             new_tokens += len(out.token_ids)
             rec = {"id": ex.id, "prompt": ex.prompt, "output": reply, "extracted": v.extracted,
                    "correct": bool(v.correct), "detail": v.detail, "finish_reason": out.finish_reason,

@@ -25,7 +25,10 @@ from .fewshot import FewShotStrategy, heldout_task
 
 
 class _PassTwo:
-    """What `evaluate` calls to generate: pass 2 with the choices pass 1 made for this chunk."""
+    """What `evaluate` calls to generate: pass 2 with the choices pass 1 made for this chunk.
+
+    It is the engine of `evaluation.generate_and_score` (the one generate -> score path), so the two-pass system
+    gets the prompts, decoding and scoring a single model gets from `t2 eval`; only which weights answer differs."""
 
     def __init__(self, sam, state: dict, record):
         self.sam, self.state, self.record = sam, state, record

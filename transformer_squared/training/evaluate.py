@@ -1,4 +1,5 @@
-"""Validation and test accuracy during training: greedy decoding of a fixed subset, scored by the task.
+"""Validation and test accuracy during training: greedy decoding of a fixed subset, scored by the task through
+`evaluation.generate_and_score`, the path `t2 eval` takes (same prompts, decoding and scoring).
 
 The examples are split across data-parallel ranks and the counts summed, so every rank gets the same summary
 ({n, correct, accuracy, ci95}, Wilson interval) and therefore picks the same best step.
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..generation import Engine, SamplingParams
+from ..evaluation import generate_and_score, sampling_params
+from ..generation import Engine
 from ..metrics import accuracy_summary
 from ..tasks import Example, Task
 from .distributed import Dist, shard, sum_floats
-from .rollout import prompt_ids, score
 
 
 def accuracy(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[Example], *, max_new_tokens: int,
@@ -21,12 +22,9 @@ def accuracy(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
     mine = shard(examples, d)
     correct = 0
     if mine:
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(task.stop))
-        prompts = [prompt_ids(tokenizer, task, e) for e in mine]
         with policy.generating():
-            outs = engine.generate(prompts, params)
-        _, ok, _ = score(task, mine, [o.text for o in outs], [task.response_prefix(e) for e in mine], -1.0)
-        correct = int(ok.sum())
+            scored = generate_and_score(engine, tokenizer, task, mine, sampling_params(task, max_new_tokens))
+        correct = sum(bool(v.correct) for v in scored.verdicts)
     total, right = sum_floats([len(mine), correct], d)
     return accuracy_summary([True] * int(right) + [False] * (int(total) - int(right)))
 

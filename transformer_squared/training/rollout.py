@@ -18,7 +18,7 @@ import torch
 
 from ..errors import T2Error
 from ..generation import Engine, SamplingParams, chat_prompt_ids
-from ..tasks import Example, Task
+from ..tasks import Example, Task, prompt_ids
 from .distributed import Dist, shard
 from .losses import rloo_advantages
 
@@ -79,15 +79,6 @@ class Batch:
         return sum(len(c) for c in self.completions)
 
 
-def prompt_ids(tokenizer, task: Task, example: Example) -> list[int]:
-    """The chat-templated prompt, ending with the assistant's turn, plus the task's response prefix if any."""
-    ids = chat_prompt_ids(tokenizer, task.messages(example))
-    prefix = task.response_prefix(example)
-    if prefix:
-        ids = ids + tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    return ids
-
-
 def score(task: Task, examples: Sequence[Example], texts: Sequence[str], task_prefixes: Sequence[str],
           wrong: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rewards, correct, answered) for completions: +1 if correct else `wrong` (SPEC §2), via the task's batch
@@ -113,7 +104,7 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
         mine = shard(order.next(batch_size), d)  # (P,) example indices
         for i in mine:
             if i not in cache:
-                cache[i] = prompt_ids(tokenizer, task, examples[i])
+                cache[i] = prompt_ids(task, tokenizer, examples[i])  # the prompts t2 eval gives the model
         exs = [examples[i] for i in mine for _ in range(G)]  # (N = P·G,) grouped by prompt
         prompts = [cache[i] for i in mine for _ in range(G)]
         step_params = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
