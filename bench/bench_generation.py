@@ -181,7 +181,8 @@ def main() -> int:
     prompts = [chat_prompt_ids(tok, c) for c in convs]
     engine = Engine(model, tok)
     eos, pad_id = engine.eos, engine.pad_id
-    res = {"model": name, "torch": torch.__version__, "repeat": args.repeat, "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+    res = {"model": name, "torch": torch.__version__, "repeat": args.repeat,
+           "engine_packed_weights": engine.pack_weights, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
            "engine_path": type(engine.new_runner(256)).__name__,
            "prompt_tokens_mean": statistics.mean(len(p) for p in prompts), "runs": {}}
@@ -212,7 +213,8 @@ def main() -> int:
                "speedup": e["tokens_per_s"] / g["tokens_per_s"],
                "speedup_unpacked": u["tokens_per_s"] / g["tokens_per_s"], "greedy_match": match}
         if args.bf16:
-            m16 = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the fp32 model stays as it is
+            # A copy (the fp32 model stays as it is); it leaves the engine's packed weights behind (packed.py).
+            m16 = copy.deepcopy(model).to(torch.bfloat16)
             b16 = run_engine(Engine(m16, tok, max_batch_size=B), batch, n_new)
             b16["same_as_fp32"] = sum(a == b for a, b in zip(b16.pop("rows"), e_rows)) / B
             row["engine_bf16"] = b16

@@ -8,8 +8,12 @@ into a temporary directory: trained experts do not change the cost), then:
    --models, so batches mix experts (per-row SVF);
 2. sequential round: the same requests, one at a time (each alone in its batch: merged weights).
 
-Reports failures, latency p50/p99, requests/s and generated tokens/s of both rounds, the speed-up, how many
-greedy answers differ between the rounds (per-row vs merged arithmetic), and the server's batch statistics.
+Reports failures, latency p50/p99, requests/s and generated tokens/s of both rounds, the speed-up, the
+concurrent p50 over the sequential one (a lone request's latency), how many greedy answers differ between the
+rounds (per-row vs merged arithmetic), and the server's statistics (the server batches continuously: requests
+join the running batch between decoding steps, so "joins" counts the groups of requests that joined together).
+The issue's targets (#14 item 2) are printed next to the figures: throughput >= 4x sequential, p50 <= 3x a lone
+request's, no failures.
 Everything is bounded: one round each, a timeout per request and per round; the server is stopped at the end.
 
     python bench/bench_serving.py [--requests 64] [--max-tokens 16] [--out bench/out/serving.json]
@@ -110,6 +114,16 @@ def summary(results: list[dict], wall: float) -> dict:
             "completion_tokens": tokens, "errors": sorted({r["error"] for r in results if not r["ok"]})[:5]}
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -150,7 +164,7 @@ def main() -> int:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     res: dict = {"model": args.model, "models": models, "requests": args.requests, "max_tokens": args.max_tokens,
                  "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms, "threads": args.threads,
-                 "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                 "cpu": cpu_name(), "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "loadavg_start": os.getloadavg()[0]}
     try:
         t = time.perf_counter()
@@ -162,13 +176,16 @@ def main() -> int:
         conc, wall_c = asyncio.run(run_round(url, reqs, True, args.timeout))
         mid = health(url)["stats"]
         res["concurrent"] = summary(conc, wall_c)
-        res["concurrent"]["batches"] = mid["batches"] - before["batches"]
+        res["concurrent"]["joins"] = mid["batches"] - before["batches"]
+        res["concurrent"]["steps"] = mid["steps"] - before["steps"]
         res["concurrent"]["max_batch"] = mid["max_batch"]
         atomic_write_json(args.out, res)  # partial results survive an interrupted sequential round
         seq, wall_s = asyncio.run(run_round(url, reqs, False, args.timeout))
         res["sequential"] = summary(seq, wall_s)
         res["speedup_requests_per_s"] = round(res["concurrent"]["requests_per_s"] /
                                               max(res["sequential"]["requests_per_s"], 1e-9), 2)
+        res["p50_over_lone"] = round(res["concurrent"]["p50_s"] / max(res["sequential"]["p50_s"] or 0, 1e-9), 2) \
+            if res["concurrent"]["p50_s"] else None
         res["greedy_answers_differing"] = sum(a["ok"] and b["ok"] and a["text"] != b["text"]
                                               for a, b in zip(conc, seq))
         h = health(url)
@@ -190,9 +207,11 @@ def main() -> int:
         r = res[name]
         print(f"{name:<12}{r['requests']:>9}{r['failures']:>9}{r['wall_s']:>9.2f}{r['p50_s'] or 0:>8.2f}"
               f"{r['p99_s'] or 0:>8.2f}{r['requests_per_s']:>8.2f}{r['tokens_per_s']:>8.1f}")
-    print(f"speed-up {res['speedup_requests_per_s']}x; {res['concurrent']['batches']} batches (max "
-          f"{res['concurrent']['max_batch']} rows); greedy answers differing: {res['greedy_answers_differing']}; "
-          f"saved {args.out}")
+    print(f"throughput {res['speedup_requests_per_s']}x sequential (target >= 4x); p50 {res['p50_over_lone']}x a "
+          f"lone request's (target <= 3x); {res['concurrent']['joins']} joins over {res['concurrent']['steps']} "
+          f"steps (max {res['concurrent']['max_batch']} rows); greedy answers differing: "
+          f"{res['greedy_answers_differing']}; {res['cpu']}, load average {res['loadavg_start']:.1f} -> "
+          f"{res['loadavg_end']:.1f}; saved {args.out}")
     return 0 if res["concurrent"]["failures"] == 0 and res["sequential"]["failures"] == 0 else 1
 
 

@@ -181,3 +181,28 @@ def test_a_model_holding_packed_weights_can_be_copied_and_saved(tmp_path):
     torch.save(model, tmp_path / "model.pt")  # pickling drops them too
     half = Engine(copy.deepcopy(model).to(torch.bfloat16), None).generate(prompts, params)
     assert all(len(o.token_ids) == 6 for o in half)
+
+
+@torch.no_grad()
+def test_per_row_svf_terms_run_packed_and_equal_the_unpacked_layer():
+    """Inside packed_linears an SVF layer in rows mode computes its factored per-row term with packed U and Vᵀ:
+    the same outputs (to float rounding) and the same greedy ids as unpacked; other modes are untouched."""
+    model = tiny_model("llama")
+    svf = SVF.attach(model, decompose(model, resolve_targets(model, "mlp"), cache=False, progress=False))
+    zs = [{n: 1 + 0.5 * torch.randn(layer.S.shape, generator=torch.Generator().manual_seed(i))
+           for n, layer in svf.layers.items()} for i in range(2)]
+    layer = next(iter(svf.layers.values()))
+    x = torch.randn(3, 5, layer.Vh.shape[1])
+    svf.set_rows([zs[0], None, zs[1]])
+    want = layer(x)
+    with packed_linears(model):
+        got = layer(x)
+        assert {"_t2_packedU", "_t2_packedVh"} <= set(layer.__dict__)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    prompts, params = [[3, 17, 29, 4], [8, 9, 10, 11], [5, 6, 7, 2]], SamplingParams(max_new_tokens=10)
+    svf.set_rows([zs[0], None, zs[1]])
+    packed = [c.token_ids for c in Engine(model, None).generate(prompts, params)]
+    svf.set_rows([zs[0], None, zs[1]])
+    assert packed == [c.token_ids for c in Engine(model, None, pack_weights=False).generate(prompts, params)]
+    svf.restore()
+    assert unpack(model) >= 2 and "_t2_packedU" not in layer.__dict__

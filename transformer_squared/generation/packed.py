@@ -15,6 +15,12 @@ Which kernel, by call: a single row (batch-1 decoding) through a small matrix (u
 to `F.linear`, where oneDNN's per-call overhead made it slower (measured on AMD EPYC Zen 1, one row: 576→576
 0.06 vs 0.16 ms, 1536→576 0.10 vs 0.23 ms); every other call runs packed.
 
+Per-row SVF experts (an `SVFLinear` in "rows" mode: y = x Wᵀ + ((x V) ⊙ σ(z_row − 1)) Uᵀ) run their factored term
+through packed copies of Vᵀ and U as well (built the first time, kept like the others): at decoding batch sizes
+that term is two more skinny products per layer, as costly as the layer itself (full-rank factors), and
+packing them took a mixed-expert decoding step of SmolLM2 at batch 16 from ~1.7-2x the merged step to ~1.1-1.4x
+(one thread, loaded machine; one extra copy of the adapted layers' U and V).
+
 `fused_linear` runs several layers that read the same input (q|k|v, gate|up) as one packed matrix product over
 their weights stacked side by side (the fast Llama path uses it): fewer, wider products, one packed copy.
 
@@ -33,7 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ATTR = "_t2_packed"  # (weight and bias versions, packed weight, bias) on the module; fused copies add a suffix
+from ..svf import SVFLinear
+
+# (weight and bias versions, packed weight, bias) on the module; fused copies add "_<name>", an SVF layer's
+# per-row factors "U" and "Vh"
+_ATTR = "_t2_packed"
 BATCH_HINT = 16  # rows the packed layout is tuned for; any row count works
 SMALL_GEMV = 1_500_000  # weights: below this, a one-row product runs faster unpacked (see the module doc)
 
@@ -80,6 +90,25 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w, self.bias) if y is None else y
 
 
+def _packed_svf_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """`SVFLinear.forward` with the per-row term's two products packed (the module doc); any other case (another
+    mode, gradients, not fp32 on CPU) goes to the layer's own forward."""
+    scale = self.row_scale
+    if self.mode != "rows" or scale is None or torch.is_grad_enabled() or x.dtype != torch.float32 \
+            or x.device.type != "cpu" or self.U.dtype != torch.float32:
+        return type(self).forward(self, x)
+    y = self.base(x)
+    h = _packed_matmul(self, _ATTR + "Vh", self.Vh, x)  # (..., r)
+    scale = scale if x.dim() == 2 else scale[:, None, :]  # (B, r) or (B, 1, r)
+    return y + _packed_matmul(self, _ATTR + "U", self.U, h * scale).to(y.dtype)
+
+
+def _packed_matmul(owner: nn.Module, attr: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x @ weightᵀ with a packed copy of `weight` kept on `owner` (unpacked for one row through a small one)."""
+    y = _packed_product(owner, attr, [types.SimpleNamespace(weight=weight, bias=None)], x)
+    return F.linear(x, weight) if y is None else y
+
+
 def fusable(linears) -> bool:
     """Whether `fused_linear` can run these layers: plain fp32 CPU nn.Linear of one input size, no gradients."""
     return (not torch.is_grad_enabled() and all(_packable(m) for m in linears)
@@ -115,15 +144,21 @@ def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor) -> to
 
 @contextlib.contextmanager
 def packed_linears(model, enabled: bool = True):
-    """Within the block, the model's plain fp32 `nn.Linear` layers compute with packed weights (see module doc)."""
+    """Within the block, the model's plain fp32 `nn.Linear` layers, and the per-row term of SVF layers in rows
+    mode, compute with packed weights (see module doc)."""
     if not enabled or packing_problem(model) is not None:
         yield False
         return
     patched = []
     try:
         for m in model.modules():
-            if _packable(m) and "forward" not in m.__dict__:
+            if "forward" in m.__dict__:
+                continue
+            if _packable(m):
                 m.forward = types.MethodType(_packed_forward, m)
+                patched.append(m)
+            elif isinstance(m, SVFLinear):  # only its per-row term; its base layer is packed as a linear
+                m.forward = types.MethodType(_packed_svf_forward, m)
                 patched.append(m)
         yield True
     finally:

@@ -14,9 +14,12 @@ class SamplingParams:
 
     max_new_tokens: int = field(default=256, metadata={"help": "most tokens generated per prompt"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (argmax); > 0 samples softmax(logits / T)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the smallest top set with mass >= top_p"})
+    top_p: float = field(default=1.0, metadata={
+        "help": "nucleus sampling: keep the smallest top set with mass >= top_p"})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings; the text is cut before the first one"})
-    seed: int | None = field(default=None, metadata={"help": "same seed + same prompts + same batch size = same outputs"})
+    seed: int | None = field(default=None, metadata={
+        "help": "Engine.generate: same seed + same prompts + same batch size = same outputs; a row added to a "
+                "RunningBatch with a seed draws from its own generator, whatever else shares its batch"})
 
     def __post_init__(self):
         if isinstance(self.stop, str):  # a lone string is a common slip: treat it as one stop string
