@@ -307,16 +307,21 @@ class SVF:
     # -- rows ----------------------------------------------------------------------------------------------
     def set_rows(self, zs: list[Mapping[str, torch.Tensor] | None]) -> None:
         """Per-row mode: row b of the next batches uses expert zs[b] (None: the base weights)."""
+        # One scale per distinct expert, gathered per row: a server calls this whenever rows join its batch, and
+        # many rows share few experts (index 0: the base weights, scale 0).
+        distinct: dict[int, int] = {}
         for z in zs:
-            if z is not None:
+            if z is not None and id(z) not in distinct:
                 self._check(z)
+                distinct[id(z)] = len(distinct) + 1
+        table_z = [z for z in {id(z): z for z in zs if z is not None}.values()]
+        index = torch.tensor([0 if z is None else distinct[id(z)] for z in zs], dtype=torch.long)
         for n, m in self.layers.items():
             m.restore()
-            scale = torch.zeros(len(zs), m.rank, device=m.S.device)  # (B, r)
-            for b, z in enumerate(zs):
-                if z is not None:
-                    scale[b] = m.S * (z[n].to(m.S.device).float() - 1.0)
-            m.row_scale = scale
+            table = torch.zeros(len(table_z) + 1, m.rank, device=m.S.device)  # (K + 1, r)
+            for k, z in enumerate(table_z, 1):
+                table[k] = m.S * (z[n].to(m.S.device).float() - 1.0)
+            m.row_scale = table[index.to(m.S.device)]  # (B, r)
             m.mode = "rows"
 
     def select_rows(self, index: torch.Tensor) -> None:
