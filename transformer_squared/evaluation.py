@@ -30,14 +30,16 @@ from .tasks import Example, Task, Verdict, full_reply, get_task, prompt_ids
 class EvalConfig:
     """What to evaluate; recorded in the summary so a result says how it was made."""
 
-    task: str = field(metadata={"help": "task name (gsm8k, arc-easy, ..., custom:<file.jsonl>)"})
+    task: str = field(metadata={"help": "gsm8k, math, math500, arc-easy, arc-challenge, mbpp, mbpp-sanitized, "
+                                        "humaneval, or custom:<file.jsonl>"})
     split: str | None = field(default=None, metadata={"help": "split (default: the task's test split)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate a seeded random subset of this size"})
     seed: int = field(default=0, metadata={"help": "seed for the subset and for sampling"})
     batch_size: int = field(default=16, metadata={"help": "prompts generated together"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's own budget"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    top_p: float = 1.0
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy (default)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the smallest set of tokens with "
+                                                        "this much probability (1 = all)"})
     workers: int = field(default=2, metadata={"help": "parallel sandboxes for code tasks"})
     chunk: int = field(default=64, metadata={"help": "examples per generate/score/save round"})
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,40 +32,7 @@ import torch
 
 from ..errors import T2Error
 from ..fileio import atomic_write_json, read_json
-
-
-@dataclass(frozen=True)
-class CEMConfig:
-    """The search; defaults are the paper's (SPEC §4) except iterations (code: 50, paper: up to 100)."""
-
-    population: int = field(default=32, metadata={"help": "members sampled per iteration"})
-    elite_frac: float = field(default=0.2, metadata={"help": "fraction of the population the distribution is refit to"})
-    iterations: int = field(default=50, metadata={"help": "most iterations"})
-    init_mean: float | None = field(default=None, metadata={"help": "start mean of every α (default 1/K)"})
-    init_std: float = field(default=0.5, metadata={"help": "start standard deviation"})
-    min_std: float = field(default=1e-3, metadata={"help": "floor on the std after each refit"})
-    per_layer: bool = field(default=False, metadata={"help": "one α per expert per matrix instead of per expert"})
-    normalize: bool = field(default=True, metadata={"help": "α of each matrix sums to 1 (else free in [0, 1])"})
-    target: float | None = field(default=None, metadata={"help": "stop when the best score reaches this"})
-    patience: int | None = field(default=None, metadata={"help": "stop after this many iterations without gain"})
-    stop_std: float | None = field(default=None, metadata={"help": "stop when every std is below this"})
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.population < 2:
-            raise T2Error(f"CEM population must be at least 2, got {self.population}")
-        if not 0 < self.elite_frac <= 1:
-            raise T2Error(f"elite fraction must be in (0, 1], got {self.elite_frac}")
-        if self.iterations < 1:
-            raise T2Error(f"CEM iterations must be at least 1, got {self.iterations}")
-        if self.init_std <= 0:
-            raise T2Error(f"CEM init_std must be positive, got {self.init_std}")
-        if self.patience is not None and self.patience < 1:
-            raise T2Error(f"patience must be at least 1, got {self.patience}")
-
-    @property
-    def n_elite(self) -> int:
-        return max(1, math.ceil(self.elite_frac * self.population))
+from .config import CEMConfig
 
 
 @dataclass(frozen=True, order=True)

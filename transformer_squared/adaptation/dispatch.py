@@ -40,13 +40,13 @@ from ..errors import T2Error
 from ..tasks import get_task
 from ..tasks._data import pick_split
 from ..tasks.base import Example, Task, Verdict
+from .config import FORMS
 from .expert_set import domain_tasks, scan, task_entries
 from .labels import extract_label
 from .prompt import PREFILL, classification_messages
 from .strategy import user_text
 
 PAPER_DOMAINS = {"math": "gsm8k", "code": "mbpp", "reasoning": "arc-easy"}
-FORMS = ("template", "plain", "mixed")
 
 
 class DispatchTask(Task):

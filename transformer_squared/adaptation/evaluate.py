@@ -12,6 +12,9 @@ amortised pass-1/pass-2 seconds) beside `records.jsonl`, and `summary.json` gain
   pass 1's fraction of their sum (the paper's "first pass / second pass" cost).
 
 Few-shot experts are evaluated on the held-out remainder: their shot ids are excluded automatically.
+
+`evaluate_expert` is `t2 eval --expert E` from Python: one expert merged into the model (optionally with its z
+shuffled, the transfer control), few-shot shots held out, then `evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..adapted import AdaptedModel
+from ..evaluation import EvalConfig, evaluate
 from ..fileio import append_jsonl, atomic_write_json, read_jsonl
+from ..tasks import Task, get_task
 from .fewshot import FewShotStrategy, heldout_task
+from .transfer import shuffle_expert
 
 
 class _PassTwo:
@@ -44,8 +51,6 @@ class _PassTwo:
 def evaluate_adaptive(sam, config, *, task, data_dir=None, out_dir=None, resume: bool = False,
                       progress: bool = True, extra: dict[str, Any] | None = None):
     """Evaluate SelfAdaptiveModel `sam` on `task` (EvalConfig `config`). Returns (summary, records, dispatch rows)."""
-    from ..evaluation import evaluate
-
     extra = dict(extra or {})
     if isinstance(sam.strategy, FewShotStrategy):
         held = heldout_task(task, sam.strategy.expert)
@@ -88,6 +93,31 @@ def evaluate_adaptive(sam, config, *, task, data_dir=None, out_dir=None, resume:
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "summary.json", summary)
     return summary, records, dispatch_rows
+
+
+def evaluate_expert(model, expert, config: EvalConfig, *, task: Task | None = None, allow_transfer: bool = False,
+                    shuffle_seed: int | None = None, data_dir=None, out_dir=None, resume: bool = False,
+                    progress: bool = True, extra: dict[str, Any] | None = None):
+    """Evaluate one expert (a directory or an `Expert`) on `model` (alias, path or LoadedModel): what
+    `t2 eval --expert` runs. Returns (summary, records).
+
+    The expert is checked against the model (`allow_transfer` for other weights of the same shapes) and merged;
+    `shuffle_seed` permutes each matrix's z entries first (the transfer control); a few-shot expert is scored
+    without the shots it was adapted on (their ids are in the summary's config as `excluded_shot_ids`).
+    """
+    task = task or get_task(config.task)
+    am, expert = AdaptedModel.for_expert(model, expert, allow_transfer=allow_transfer, progress=progress)
+    extra = dict(extra or {})
+    if shuffle_seed is not None:
+        expert = shuffle_expert(expert, shuffle_seed)
+        extra["shuffle_expert_seed"] = shuffle_seed
+    extra["expert_name"] = expert.name
+    held = heldout_task(task, expert)
+    if held is not task:
+        extra["excluded_shot_ids"] = sorted(held.exclude)
+    am.apply(expert)
+    return evaluate(am.model, am.tokenizer, config, task=held, data_dir=data_dir, out_dir=out_dir, resume=resume,
+                    progress=progress, extra=extra)
 
 
 def dispatch_summary(rows: list[dict], strategy: str) -> dict[str, Any]:

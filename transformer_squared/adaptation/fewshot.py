@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -32,26 +32,11 @@ from ..errors import T2Error
 from ..experts import Expert, mix
 from ..tasks.base import Example, Task
 from .cache import expert_key
-from .cem import CEMConfig, CEMResult, Fitness, cem
+from .cem import CEMResult, Fitness, cem
+from .config import CEMConfig, FewShotConfig
 from .strategy import Choice, Conversation
 
 ROLE = "fewshot"
-
-
-@dataclass(frozen=True)
-class FewShotConfig:
-    """What to adapt on and how; `cem` is the search."""
-
-    shots: int = field(default=10, metadata={"help": "prompts of the task used to search α (paper: 10)"})
-    split: str | None = field(default=None, metadata={"help": "split the shots come from (default: the task's)"})
-    seed: int = field(default=0, metadata={"help": "seed for drawing the shots"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "default: the task's own budget"})
-    workers: int = field(default=2, metadata={"help": "parallel sandboxes for code tasks"})
-    cem: CEMConfig = CEMConfig()
-
-    def __post_init__(self):
-        if self.shots < 1:
-            raise T2Error(f"--shots must be at least 1, got {self.shots}")
 
 
 def draw_shots(examples: Sequence[Example], shots: int, seed: int) -> list[Example]:

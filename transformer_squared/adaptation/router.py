@@ -33,39 +33,12 @@ from safetensors.torch import load_file, save_file
 from .._version import __version__
 from ..errors import T2Error
 from ..fileio import atomic_path, atomic_write_json
-from .dispatch import FORMS, DispatchTask
+from .config import RouterConfig
+from .dispatch import DispatchTask
 from .labels import OTHERS
 from .strategy import Choice, Conversation, user_text
 
 ROUTER_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """How the router is fitted."""
-
-    per_domain: int = field(default=64, metadata={"help": "training prompts per domain"})
-    form: str = field(default="mixed", metadata={"help": "how the fitting prompts are written: template (the "
-                                                         "benchmarks'), plain (as typed in a chat) or mixed"})
-    layer: str | int = field(default="auto", metadata={"help": "hidden-state index (0 = embeddings) or 'auto'"})
-    threshold_quantile: float = field(default=0.02, metadata={"help": "others below this quantile of in-domain "
-                                                                      "similarity; 0 = never others"})
-    holdout: float = field(default=0.25, metadata={"help": "fraction held out to pick the layer"})
-    max_tokens: int = field(default=256, metadata={"help": "prompt tokens embedded (the rest is cut)"})
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.per_domain < 2:
-            raise T2Error(f"the router needs at least 2 prompts per domain, got {self.per_domain}")
-        if not 0 <= self.threshold_quantile < 1:
-            raise T2Error(f"threshold_quantile must be in [0, 1), got {self.threshold_quantile}")
-        if not 0 < self.holdout < 1:
-            raise T2Error(f"holdout must be in (0, 1), got {self.holdout}")
-        if self.form not in FORMS:
-            raise T2Error(f"router form must be one of {', '.join(FORMS)}, got {self.form!r}")
-        if self.layer != "auto" and not isinstance(self.layer, int):
-            raise T2Error(f"router layer must be an integer or 'auto', got {self.layer!r}")
 
 
 @torch.no_grad()

@@ -10,10 +10,9 @@ state is checkpointed to E.cem.json after every iteration).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from .common import add_data_dir_arg, add_model_arg, print_json, quiet, stderr
+from .common import add_config_args, add_data_dir_arg, add_model_arg, config_from_args, print_json, quiet, stderr
 
 
 def register(sub) -> None:
@@ -26,34 +25,19 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cache-mb", type=int, default=2048, help="memory for merged expert weights (default 2048)")
 
+    from ..adaptation.config import CEMConfig, FewShotConfig, RouterConfig
+
     g = p.add_argument_group("few-shot (CEM)")
     g.add_argument("--task", default=None, help="task to adapt to (gsm8k, math500, ..., custom:<file.jsonl>)")
     g.add_argument("--out", default=None, help="expert directory to write")
-    g.add_argument("--shots", type=int, default=10, help="prompts searched on (paper: 10)")
-    g.add_argument("--split", default=None, help="split the shots come from (default: the task's test split)")
-    g.add_argument("--seed", type=int, default=0, help="seed for the shots and the search")
-    g.add_argument("--population", type=int, default=32)
-    g.add_argument("--iterations", type=int, default=50, help="most CEM iterations (paper: up to 100)")
-    g.add_argument("--elite-frac", type=float, default=0.2)
-    g.add_argument("--init-std", type=float, default=0.5)
-    g.add_argument("--per-layer", action="store_true", help="one α per expert per matrix")
-    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
-                   help="α of each matrix sums to 1 (default); --no-normalize: free α in [0, 1]")
-    g.add_argument("--target", type=float, default=None, help="stop once the shots' accuracy reaches this")
-    g.add_argument("--patience", type=int, default=None, help="stop after N iterations without improvement")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own budget")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--workers", type=int, default=2, help="parallel sandboxes for code tasks")
+    add_config_args(g, FewShotConfig)  # --shots, --split, --seed (the shots and the search), ...
+    add_config_args(g, CEMConfig, exclude=("seed",))  # --population, --iterations, --per-layer, ...
+    g.add_argument("--batch-size", type=int, default=16, help="prompts generated (or embedded) together (default: 16)")
     g.add_argument("--resume", action="store_true", help="continue the search checkpointed in OUT.cem.json")
 
     g = p.add_argument_group("router")
     g.add_argument("--router", action="store_true", help="fit the router instead (base model hidden states)")
-    g.add_argument("--per-domain", type=int, default=64, help="training prompts per domain")
-    g.add_argument("--layer", default="auto", help="hidden-state index, or auto (measure every layer)")
-    g.add_argument("--form", default="mixed", choices=("template", "plain", "mixed"),
-                   help="fitting prompts as the benchmarks write them, as users type them, or mixed (default)")
-    g.add_argument("--threshold-quantile", type=float, default=0.02,
-                   help="'others' below this quantile of in-domain similarity (0: never)")
+    add_config_args(g, RouterConfig, exclude=("seed", "batch_size"), flags={"max_tokens": "--router-max-tokens"})
     p.set_defaults(func=run)
 
 
@@ -85,16 +69,8 @@ def run(args) -> int:
 
 def run_router(args) -> int:
     from ..adaptation.router import RouterConfig, load_or_fit
-    from ..errors import T2Error
 
-    layer = args.layer
-    if layer != "auto":
-        try:
-            layer = int(layer)
-        except ValueError:
-            raise T2Error(f"--layer must be an integer or 'auto', got {args.layer!r}") from None
-    config = RouterConfig(per_domain=args.per_domain, layer=layer, threshold_quantile=args.threshold_quantile,
-                          form=args.form)
+    config = config_from_args(RouterConfig, args, batch_size=args.batch_size, seed=args.seed)
     rt = _runtime(args)
     router = load_or_fit(rt, config, data_dir=args.data_dir, refit=True)
     report = {"domains": router.domains, "layer": router.layer, "threshold": router.threshold,
@@ -111,8 +87,8 @@ def run_router(args) -> int:
 
 
 def run_fewshot(args) -> int:
-    from ..adaptation.cem import CEMConfig
-    from ..adaptation.fewshot import FewShotConfig, adapt_fewshot
+    from ..adaptation.config import CEMConfig, FewShotConfig
+    from ..adaptation.fewshot import adapt_fewshot
     from ..errors import T2Error
     from ..fileio import check_writable_dir
     from ..paths import data_dir
@@ -122,11 +98,8 @@ def run_fewshot(args) -> int:
         raise T2Error("--out is required with --task: the directory the adapted expert is written to")
     task = get_task(args.task)
     check_writable_dir(Path(args.out).parent, "--out")  # the expert and its CEM checkpoint go beside it
-    cem = CEMConfig(population=args.population, elite_frac=args.elite_frac, iterations=args.iterations,
-                    init_std=args.init_std, per_layer=args.per_layer, normalize=args.normalize,
-                    target=args.target, patience=args.patience, seed=args.seed)
-    config = FewShotConfig(shots=args.shots, split=args.split, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                           workers=args.workers, cem=cem)
+    # One --seed draws the shots and seeds the search, as before the options came from the configs.
+    config = config_from_args(FewShotConfig, args, cem=config_from_args(CEMConfig, args, seed=args.seed))
     rt = _runtime(args)
     out = Path(args.out)
     checkpoint = out.with_name(out.name + ".cem.json")
