@@ -50,11 +50,11 @@ import torch
 from ..errors import T2Error
 from .detokenize import IncrementalText, held_back
 from .packed import packed_linears
-from .params import Completion, SamplingParams
+from .params import Completion, GenerationStats, SamplingParams
 from .sampling import StopStrings, next_tokens
 
 if TYPE_CHECKING:
-    from .engine import Engine, GenerationStats
+    from .engine import Engine
 
 # Dropping a finished row copies the KV cache of the rows behind it; skip it when so few steps are left that
 # the copy costs more than computing the dead rows would.
@@ -92,10 +92,14 @@ class RunningBatch:
     """Rows decoded together; rows join and leave between steps. Make one with `Engine.batch` and use it in a
     `with` block (see the module docstring)."""
 
-    def __init__(self, engine: Engine, stats: GenerationStats, *, capacity: int | None = None,
+    def __init__(self, engine: Engine, stats: GenerationStats | None = None, *, capacity: int | None = None,
                  on_rows: Callable[[list], None] | None = None,
                  on_reindex: Callable[[torch.LongTensor], None] | None = None, share_prefill: bool | None = None):
-        self.engine, self.stats = engine, stats
+        """`stats`: where to add the timings (`Engine.generate` passes its own, with a list entry per step);
+        without, the batch keeps totals only in `self.stats` (a server's batch runs for as long as it serves)."""
+        self.engine = engine
+        self._per_step = stats is not None
+        self.stats = stats if stats is not None else GenerationStats()
         self.capacity = capacity or engine.max_batch_size
         self.on_rows, self.on_reindex = on_rows, on_reindex
         # Without per-row state, a prompt repeated among newcomers is prefilled once and the prefill runs in
@@ -205,8 +209,9 @@ class RunningBatch:
         t3 = time.perf_counter()
         if old:
             stats.decode_s += t1 - t0 + t3 - t2
-            stats.step_rows.append(old)
-            stats.step_s.append(t1 - t0 + t3 - t2)
+            if self._per_step:
+                stats.step_rows.append(old)
+                stats.step_s.append(t1 - t0 + t3 - t2)
         else:
             stats.prefill_s += t3 - t1
         if joined is not None and old:

@@ -23,7 +23,6 @@ everything else.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -32,26 +31,7 @@ from .batch import RunningBatch
 from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
 from .packed import packing_problem
-from .params import Completion, SamplingParams
-
-
-@dataclass
-class GenerationStats:
-    """Where the time of the last `generate` call went (for benchmarks and logs)."""
-
-    prompts: int = 0
-    batches: int = 0
-    new_tokens: int = 0
-    prefill_rows: int = 0  # prompts actually run through prefill (repeats of a prompt share one)
-    prefill_s: float = 0.0  # prompt forward passes, incl. the first token's logits
-    decode_s: float = 0.0  # one-token steps, incl. sampling and stop checks
-    step_rows: list[int] = field(default_factory=list)  # rows computed in each step
-    step_s: list[float] = field(default_factory=list)  # seconds of each step
-
-    @property
-    def tokens_per_s(self) -> float:
-        total = self.prefill_s + self.decode_s
-        return self.new_tokens / total if total > 0 else 0.0
+from .params import Completion, GenerationStats, SamplingParams
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -159,8 +139,9 @@ class Engine:
         """A `RunningBatch` over this engine's model: rows with their own params join and leave between steps
         (batch.py). Use it in a `with` block. `capacity`: rows to allocate the KV cache for (default
         `max_batch_size`; more rows still fit, by reallocating). `on_rows(states)` / `on_reindex(keep)`: keep
-        per-row state (per-row SVF z) in step with the rows of each forward pass, see batch.py."""
-        return RunningBatch(self, self.stats, capacity=capacity, on_rows=on_rows, on_reindex=on_reindex)
+        per-row state (per-row SVF z) in step with the rows of each forward pass, see batch.py. Its timings
+        are in its own `stats` (totals only)."""
+        return RunningBatch(self, capacity=capacity, on_rows=on_rows, on_reindex=on_reindex)
 
     def generate(self, prompts: Sequence[Sequence[int]] | Sequence[str], params: SamplingParams, *,
                  progress: bool = False,

@@ -1,4 +1,4 @@
-"""What to generate (`SamplingParams`) and what came out (`Completion`)."""
+"""What to generate (`SamplingParams`), what came out (`Completion`) and where the time went (`GenerationStats`)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,22 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop": EOS or a stop string; "length": max_new_tokens reached
     prompt_tokens: int
+
+
+@dataclass
+class GenerationStats:
+    """Where the time of the last `generate` call went (for benchmarks and logs)."""
+
+    prompts: int = 0
+    batches: int = 0
+    new_tokens: int = 0
+    prefill_rows: int = 0  # prompts actually run through prefill (repeats of a prompt share one)
+    prefill_s: float = 0.0  # prompt forward passes, incl. the first token's logits
+    decode_s: float = 0.0  # one-token steps, incl. sampling and stop checks
+    step_rows: list[int] = field(default_factory=list)  # rows computed in each step
+    step_s: list[float] = field(default_factory=list)  # seconds of each step
+
+    @property
+    def tokens_per_s(self) -> float:
+        total = self.prefill_s + self.decode_s
+        return self.new_tokens / total if total > 0 else 0.0

@@ -321,7 +321,7 @@ class Scheduler:
         for job, row in self._rows.items():
             if job.cancelled:
                 self._batch.cancel(row)
-        stats = self.rt.engine.stats
+        stats = self._batch.stats
         prefill = stats.prefill_s
         fresh = {id(g): g for g in self._groups.values() if g["prefill_s"] is None}  # joined since the last step
         finished = self._batch.step()
