@@ -5,10 +5,17 @@
     outs = engine.generate_chat([[{"role": "user", "content": "2+2?"}]], SamplingParams(max_new_tokens=32))
     outs[0].text, outs[0].token_ids, outs[0].finish_reason
 
-Files: `params.py` (SamplingParams, Completion), `sampling.py` (greedy / top-p choice, stop strings),
-`engine.py` (batching, callbacks, stopping), `fast_llama.py` (Llama / Mistral / Qwen2 forward over the model's
-modules with a preallocated KV cache), `hf_runner.py` (any other causal LM through its HF forward),
-`vllm_backend.py` (optional, GPU, merged weights only).
+    with engine.batch() as batch:                   # the one decode loop: rows join and leave between steps
+        row = batch.add(prompt_ids, SamplingParams(max_new_tokens=32, seed=1), on_text=print)
+        while batch:
+            finished = batch.step()
+
+Files: `params.py` (SamplingParams, Completion, GenerationStats), `sampling.py` (greedy / top-p choice, stop
+strings), `batch.py` (RunningBatch: the decode loop with per-row params, state, streaming and cancellation),
+`detokenize.py` (incremental text), `engine.py` (Engine: `generate` in chunks, `batch`), `fast_llama.py` (Llama /
+Mistral / Qwen2 forward over the model's modules with a preallocated KV cache that rows can join),
+`hf_runner.py` (any other causal LM through its HF forward), `vllm_backend.py` (optional, GPU, merged weights
+only).
 
 Greedy output equals `model.generate(do_sample=False)` on each prompt alone, token for token, up to fp32
 rounding (padding and batch shape change the last bits of the logits, which can flip a rare near-tie).
@@ -25,9 +32,10 @@ A bfloat16 model (`Engine(..., dtype=torch.bfloat16)`) is ~1.5x faster per step 
 its greedy output is no longer identical to fp32's.
 """
 
-from .engine import Engine, GenerationStats, chat_prompt_ids, encode_prompt, eos_token_ids
-from .params import Completion, SamplingParams
+from .batch import Row, RunningBatch
+from .engine import Engine, chat_prompt_ids, encode_prompt, eos_token_ids
+from .params import Completion, GenerationStats, SamplingParams
 from .vllm_backend import VLLMEngine
 
-__all__ = ["Completion", "Engine", "GenerationStats", "SamplingParams", "VLLMEngine", "chat_prompt_ids",
-           "encode_prompt", "eos_token_ids"]
+__all__ = ["Completion", "Engine", "GenerationStats", "Row", "RunningBatch", "SamplingParams", "VLLMEngine",
+           "chat_prompt_ids", "encode_prompt", "eos_token_ids"]
