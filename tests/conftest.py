@@ -50,3 +50,12 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     tiny_chat_model(smol_tokenizer).save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that loads the real embedded model (through the `embedded` fixture, however indirectly) is
+    `slow`, so `make test-fast` (-m "not slow") never loads it; a test that loads it another way (a subprocess
+    with the default --model) carries the mark itself."""
+    for item in items:
+        if "embedded" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

@@ -58,6 +58,7 @@ def test_identity_expert_is_exactly_the_base_model(embedded):
         am.svf.detach()
 
 
+@pytest.mark.slow  # the subprocess loads the real embedded model (the default --model) before refusing the expert
 def test_wrong_expert_for_model_is_one_clear_line(tmp_path):
     from transformer_squared.adapted import base_meta
     from transformer_squared.models import LoadedModel
@@ -76,11 +77,11 @@ def test_wrong_expert_for_model_is_one_clear_line(tmp_path):
 
 @pytest.mark.parametrize("argv, match", [
     (["expert", "show", "/nonexistent"], "no such expert directory"),
-    (["info", "--targets", "nothing_here"], "matches no linear layer"),
+    (["info", "--model", "{tiny}", "--targets", "nothing_here"], "matches no linear layer"),
     (["expert", "mix", "a", "--alpha", "x", "--out", "o"], "comma-separated numbers"),
 ])
-def test_user_errors_exit_2_with_one_line(capsys, argv, match, embedded):
-    code, _, err = run(capsys, *argv)
+def test_user_errors_exit_2_with_one_line(capsys, argv, match, tiny_model_dir):
+    code, _, err = run(capsys, *(a.format(tiny=tiny_model_dir) for a in argv))
     assert code == 2 and match in err and err.count("\n") == 1
 
 

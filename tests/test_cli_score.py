@@ -1,6 +1,7 @@
 """`t2 score`: in-process through cli.main.main, and once as the installed `t2` command in a subprocess."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,7 +44,12 @@ def test_json_summary_and_records(gsm8k_preds, tmp_path, data, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert {k: summary[k] for k in ("task", "split", "n", "correct", "accuracy", "n_split")} == \
         {"task": "gsm8k", "split": "test", "n": 4, "correct": 3, "accuracy": 0.75, "n_split": 1319}
-    assert len(summary["ci95"]) == 2 and summary["seconds"] >= 0
+    # Wilson's 95% interval for 3 of 4, from its formula: p = 0.75, z = 1.96
+    z, n, p = 1.959964, 4, 0.75
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert summary["ci95"] == pytest.approx([(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)],
+                                            abs=1e-4)
+    assert isinstance(summary["seconds"], float)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["correct"] for r in records] == [True, True, True, False]
     assert set(records[0]) == {"id", "output", "extracted", "correct", "detail"}
