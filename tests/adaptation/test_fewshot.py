@@ -81,3 +81,25 @@ def test_mean_token_loglik_matches_a_direct_computation(tiny_am):
     want = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(completion)) / len(completion)
     got = mean_token_loglik(model, [prompt, [1, 2]], [completion, []])
     assert got[0] == pytest.approx(want, abs=1e-5) and got[1] == float("-inf")
+
+
+def test_fitness_scores_what_t2_eval_scores_the_reply_after_the_response_prefix(chat_runtime, parity_task):
+    """A task that prefills the reply (as code tasks do with ```python): the search must see the prefilled prompt
+    and score prefix + generated text, as evaluation does, or its shots' accuracy means something else."""
+    from transformer_squared.adaptation.fewshot import ShotFitness
+    from transformer_squared.evaluation import EvalConfig, evaluate
+    from transformer_squared.tasks import prompt_ids
+
+    parity_task.response_prefix = lambda ex: "Sure:"
+    parity_task.score = lambda ex, out: Verdict(out.startswith("Sure:"), out)
+    shots = draw_shots(parity_task.load(), 4, 1)
+    experts = [chat_runtime.experts.experts[d] for d in chat_runtime.experts.domains]
+    fitness = ShotFitness(chat_runtime, experts, parity_task, shots, SamplingParams(max_new_tokens=3))
+    assert fitness.ids == [prompt_ids(parity_task, chat_runtime.tokenizer, ex) for ex in shots]
+    try:
+        assert fitness(torch.tensor([1.0, 0.0, 0.0])).score == 1.0
+    finally:
+        chat_runtime.cache.activate(None)
+    summary, _ = evaluate(chat_runtime.model, chat_runtime.tokenizer, EvalConfig(task="toy", max_new_tokens=3),
+                          task=parity_task, progress=False)
+    assert summary["accuracy"] == 1.0

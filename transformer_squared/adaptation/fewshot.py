@@ -20,6 +20,7 @@ Departures (numbered):
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from dataclasses import asdict
@@ -29,7 +30,9 @@ from typing import Sequence
 import torch
 
 from ..errors import T2Error
+from ..evaluation import generate_and_score, sampling_params
 from ..experts import Expert, mix
+from ..tasks import prompt_ids
 from ..tasks.base import Example, Task
 from .cache import expert_key
 from .cem import CEMResult, Fitness, cem
@@ -89,16 +92,17 @@ class ShotFitness:
 
     def __init__(self, runtime, experts: Sequence[Expert], task: Task, shots: Sequence[Example], params,
                  workers: int = 2):
-        from ..generation import chat_prompt_ids
-
         self.rt, self.experts, self.task, self.shots = runtime, list(experts), task, list(shots)
         self.params, self.workers = params, workers
-        self.ids = [chat_prompt_ids(runtime.tokenizer, task.messages(ex)) for ex in self.shots]
+        # the prompts t2 eval gives the model (response prefix included), for the log-likelihood tie-break
+        self.ids = [prompt_ids(task, runtime.tokenizer, ex) for ex in self.shots]
 
     def __call__(self, alpha: torch.Tensor) -> Fitness:
         self.rt.cache.activate_mix(self.experts, alpha)
-        outs = self.rt.engine.generate(self.ids, self.params)
-        verdicts = self.task.score_many(self.shots, [o.text for o in outs], workers=self.workers)
+        # evaluation's generate -> score path: a shot is right here exactly when t2 eval would count it right
+        scored = generate_and_score(self.rt.engine, self.rt.tokenizer, self.task, self.shots, self.params,
+                                    workers=self.workers)
+        outs, verdicts = scored.outputs, scored.verdicts
         right = [i for i, v in enumerate(verdicts) if v.correct]
         acc = len(right) / len(self.shots)
         if not right:
@@ -113,8 +117,6 @@ def mean_token_loglik(model, prompts: Sequence[Sequence[int]], completions: Sequ
 
     One row at a time, keeping only the completion's logits: a batch of full (B, T, V) logits would take
     gigabytes for a 49k-token vocabulary."""
-    import inspect
-
     device = next(model.parameters()).device
     keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     out = []
@@ -134,15 +136,13 @@ def adapt_fewshot(runtime, task: Task, config: FewShotConfig = FewShotConfig(), 
                   checkpoint: str | Path | None = None, resume: bool = False, progress: bool = False,
                   name: str | None = None) -> tuple[Expert, CEMResult]:
     """Search α over the runtime's domain experts on `shots` prompts of `task`; returns (mixed expert, result)."""
-    from ..generation import SamplingParams
-
     t0 = time.perf_counter()
     domains = runtime.experts.domains
     experts = [runtime.experts.experts[d] for d in domains]
     split = config.split or task.default_split
     examples = task.load(split, data_dir)
     shots = draw_shots(examples, config.shots, config.seed)
-    params = SamplingParams(max_new_tokens=config.max_new_tokens or task.max_new_tokens, stop=tuple(task.stop))
+    params = sampling_params(task, config.max_new_tokens)
     fitness = ShotFitness(runtime, experts, task, shots, params, workers=config.workers)
     M = len(experts[0].z)
     shape = (len(experts), M) if config.cem.per_layer else (len(experts),)

@@ -22,14 +22,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..adapted import AdaptedModel
 from ..errors import T2Error
+from ..experts import Expert
+from ..generation import chat_prompt_ids
 from ..models import DEFAULT_MODEL
 from . import STRATEGIES
 from .cache import DEFAULT_CACHE_BYTES, expert_key
+from .classifier import ClassifierStrategy, no_dispatch_expert
 from .expert_set import ExpertSet, scan, task_entries
-from .prompt import PromptConfig
+from .fewshot import FewShotStrategy
+from .prompt import PromptConfig, PromptStrategy
+from .router import RouterStrategy, load_or_fit
 from .runtime import Runtime
 from .strategy import Choice, Conversation, Strategy, as_conversation
+from .transfer import shuffle_expert_set
 
 
 
@@ -55,23 +62,15 @@ def make_strategy(name: str, runtime: Runtime, *, prompt_config: PromptConfig = 
                   adapted=None, router=None, router_config=None, data_dir=None) -> Strategy:
     """Build a strategy by name: prompt | classifier | fewshot (needs `adapted`) | router."""
     if name == "prompt":
-        from .prompt import PromptStrategy
-
         return PromptStrategy(runtime, prompt_config)
     if name == "classifier":
-        from .classifier import ClassifierStrategy
-
         return ClassifierStrategy(runtime, prompt_config)
     if name == "fewshot":
-        from .fewshot import FewShotStrategy
-
         if adapted is None:
             raise T2Error("the fewshot strategy needs the adapted expert of the task: run `t2 adapt --task T "
                           "--experts DIR --out E` first and pass --adapted E")
         return FewShotStrategy(runtime, adapted)
     if name == "router":
-        from .router import RouterStrategy, load_or_fit
-
         router = router or load_or_fit(runtime, router_config, data_dir=data_dir)
         return RouterStrategy(runtime, router)
     raise T2Error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
@@ -83,8 +82,6 @@ def _precheck(strategy: str, entries, adapted, directory) -> None:
     if strategy == "fewshot" and adapted is None:
         make_strategy("fewshot", None)  # raises the how-to message
     if strategy == "classifier" and not any(e.role == "dispatch" for e in entries):
-        from .classifier import no_dispatch_expert
-
         raise no_dispatch_expert(directory)
 
 
@@ -103,9 +100,6 @@ class SelfAdaptiveModel:
                  router_config=None, data_dir=None, shuffle_seed: int | None = None,
                  progress: bool = False) -> "SelfAdaptiveModel":
         """Load the model (spec or LoadedModel) with the experts' targets, every expert checked against it."""
-        from ..adapted import AdaptedModel
-        from ..experts import Expert
-
         found = scan(experts_dir)
         entries = task_entries(found)
         _precheck(strategy, found, adapted, experts_dir)  # before the (slow) model loading
@@ -120,8 +114,6 @@ class SelfAdaptiveModel:
                                   progress=progress)
         experts = ExpertSet.load(experts_dir, am, allow_transfer=allow_transfer)
         if shuffle_seed is not None:
-            from .transfer import shuffle_expert_set
-
             experts = shuffle_expert_set(experts, shuffle_seed)
         adapted_expert = am.load_expert(adapted, allow_transfer=allow_transfer) if adapted else None
         rt = Runtime.build(am, experts, batch_size=batch_size, cache_bytes=cache_bytes)
@@ -174,8 +166,6 @@ class SelfAdaptiveModel:
 
     def generate(self, prompts: Sequence[Conversation | str], params) -> list[AdaptiveResult]:
         """Both passes for plain prompts or chat conversations; results in input order."""
-        from ..generation import chat_prompt_ids
-
         convs = [as_conversation(p) for p in prompts]
         if not convs:
             return []

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ..errors import T2Error
+from ..generation import SamplingParams, chat_prompt_ids
 from .labels import extract_label
 from .strategy import Choice, Conversation, user_text
 
@@ -100,8 +101,6 @@ class PromptStrategy:
         self.pass1_expert = pass1_expert
 
     def choose(self, conversations: Sequence[Conversation]) -> list[Choice]:
-        from ..generation import SamplingParams, chat_prompt_ids
-
         if self.rt.tokenizer is None:
             raise T2Error("prompt-based adaptation needs the model's tokenizer (chat template)")
         experts = self.rt.experts

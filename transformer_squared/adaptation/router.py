@@ -21,6 +21,7 @@ saved as DIR/router-<fingerprint[:12]>.*, so the experts' own router is never ov
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from .._version import __version__
 from ..errors import T2Error
 from ..fileio import atomic_path, atomic_write_json
+from ..paths import data_dir as resolve_data_dir
 from .config import RouterConfig
 from .dispatch import DispatchTask
 from .labels import OTHERS
@@ -45,8 +47,6 @@ ROUTER_FORMAT = 1
 def embed(model, tokenizer, texts: Sequence[str], *, layers: Sequence[int] | None = None, max_tokens: int = 256,
           batch_size: int = 16) -> torch.Tensor:
     """Mean-pooled hidden states of `texts` (no chat template): (N, len(layers), H), fp32; all layers if None."""
-    import inspect
-
     device = next(model.parameters()).device
     keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] or [tokenizer.eos_token_id]
@@ -202,8 +202,6 @@ def _stem(directory: Path, fingerprint: str) -> str:
 def load_or_fit(runtime, config: RouterConfig | None = None, *, data_dir=None, refit: bool = False) -> Router:
     """The expert set's router for this model: loaded if fitted for these weights and domains, else fitted on the
     experts' training prompts (base weights) and saved beside the experts."""
-    from ..paths import data_dir as resolve_data_dir
-
     experts, am = runtime.experts, runtime.am
     directory = experts.directory
     stem = _stem(directory, am.fingerprint) if directory is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..generation import Engine
 from .cache import DEFAULT_CACHE_BYTES, WeightCache
 from .expert_set import ExpertSet
 
@@ -18,8 +19,6 @@ class Runtime:
     @classmethod
     def build(cls, am, experts: ExpertSet, *, batch_size: int = 16, cache_bytes: int = DEFAULT_CACHE_BYTES,
               engine=None) -> "Runtime":
-        from ..generation import Engine
-
         engine = engine or Engine(am.model, am.tokenizer, max_batch_size=batch_size)
         return cls(am, experts, engine, WeightCache(am.svf, cache_bytes))
 
