@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import T2Error
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically (the old file, if any, stays intact until the new one is complete)."""
@@ -86,8 +88,6 @@ def read_text(path: str | os.PathLike, *, what: str = "file", max_bytes: int | N
     rule for JSON bytes. Anything else that is not UTF-8 (Latin-1, cp1252, ...) is refused with the line of the
     first bad byte, not guessed at. `max_bytes` refuses a larger file by its size, before reading it.
     """
-    from .errors import T2Error
-
     path = Path(path)
     try:
         if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
@@ -116,8 +116,6 @@ def parse_json(text: str | bytes, where: str, hint: str = "") -> Any:
     Python's parser raises RecursionError (not a JSONDecodeError) on deeply nested input, e.g. 100,000 `[`:
     that is a property of the input, so it is reported like any other malformed JSON.
     """
-    from .errors import T2Error
-
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -144,8 +142,6 @@ def json_lines(path: str | os.PathLike, *, what: str = "JSONL file",
     other Unicode line breaks, which JSON allows unescaped. With `skip_torn_tail`, an unparsable *last* line
     (an append cut short by a crash) is dropped instead.
     """
-    from .errors import T2Error
-
     lines = read_text(path, what=what).split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
@@ -170,8 +166,6 @@ def json_kind(value: Any) -> str:
 
 def read_jsonl(path: str | os.PathLike, *, skip_torn_tail: bool = True) -> list[dict]:
     """Read a JSONL file; a final line cut short by a crash is ignored when `skip_torn_tail`."""
-    from .errors import T2Error
-
     path = Path(path)
     if not path.is_file():
         raise T2Error(f"{path}: no such file")
@@ -198,8 +192,6 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     own ways, and `os.access` answers "yes" to root for most of them. Directories created for the probe are
     removed again, so a refused command leaves nothing behind.
     """
-    from .errors import T2Error
-
     path = Path(path).expanduser()
     created: list[Path] = []
     try:

@@ -4,8 +4,13 @@ interval and the exact McNemar test."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Sequence
+
+from .errors import T2Error
+from .fileio import read_jsonl
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -105,12 +110,6 @@ def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> d
 
 def _load_eval_run(directory) -> dict:
     """summary, config and {id: correct} of a finished `t2 eval --out DIR`, or a one-line T2Error."""
-    import json
-    from pathlib import Path
-
-    from .errors import T2Error
-    from .fileio import read_jsonl
-
     d = Path(directory)
     if not d.is_dir():
         raise T2Error(f"{d}: no such directory; give two `t2 eval --out` directories")
@@ -145,8 +144,6 @@ def compare_runs(run_a, run_b) -> dict:
     (max_new_tokens), or different items. Returns `paired_comparison`'s dict (B − A with Newcombe's paired 95%
     CI, exact McNemar p) plus what each run was: its directory, task, split and evaluation config.
     """
-    from .errors import T2Error
-
     a, b = _load_eval_run(run_a), _load_eval_run(run_b)
     for key, what in (("task", "tasks"), ("split", "splits")):
         if a["summary"].get(key) != b["summary"].get(key):

@@ -14,6 +14,7 @@ from typing import Iterable
 from ..errors import T2Error
 from ..fileio import atomic_write_text
 from ..metrics import accuracy_summary
+from . import get_task
 from ._data import read_jsonl
 from .base import Task
 
@@ -46,8 +47,6 @@ def score_predictions(task: Task | str, split: str | None, predictions: str | Pa
     Returns (summary, records): summary has task, split, n, correct, accuracy, ci95 (Wilson), seconds, n_split;
     records are {id, output, extracted, correct, detail} in the predictions' order.
     """
-    from . import get_task
-
     start = time.perf_counter()
     if isinstance(task, str):
         task = get_task(task)
