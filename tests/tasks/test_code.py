@@ -48,6 +48,7 @@ def test_mbpp_counts_challenge_tests(shared_data):
     assert len(ex.tests) == 5     # 3 base + 2 challenge asserts (the reference code ran only base tests)
 
 
+@pytest.mark.slow  # every reference solution through two sandboxes: 20-30 s per task on 2 shared cores
 @pytest.mark.parametrize("name", ["mbpp", "mbpp-sanitized"])
 def test_mbpp_reference_solutions_pass(shared_data, name):
     task = get_task(name, timeout=TIMEOUT)
@@ -92,6 +93,7 @@ def test_mbpp_wrong_and_cheating_solutions_fail(shared_data):
     assert task.score(ex, task.sft_target(ex)).correct
 
 
+@pytest.mark.slow  # all 164 canonical solutions through two sandboxes each: ~35 s
 def test_humaneval_all_canonical_solutions_pass(shared_data):
     task = get_task("humaneval", timeout=TIMEOUT)
     examples = task.load("test", shared_data)

@@ -49,6 +49,7 @@ def rows(out):
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # two torchrun-style processes: ~40 s on the shared 2-core machine
 def test_two_processes_make_the_single_process_update(tmp_path, monkeypatch):
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))
     write_task(tmp_path)
