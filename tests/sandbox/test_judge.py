@@ -174,6 +174,7 @@ def _checks(answer: str) -> list[CodeCheck]:
             for code in FORGERS.values()]
 
 
+@pytest.mark.slow  # every forger through two sandboxes: ~25 s each on 2 shared cores (make test runs it)
 @pytest.mark.parametrize("answer", ["a + b", "0"], ids=["correct-add-unpassable-tests", "wrong-add-strict-tests"])
 def test_no_forgery_passes(answer):
     results = run_checks(_checks(answer), limits=LIMITS, workers=2)
