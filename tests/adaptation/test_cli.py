@@ -52,6 +52,7 @@ def test_run_human_output_and_errors(capsys, tiny_model_dir, tiny_experts_dir):
     assert "no such experts directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real `t2 chat` subprocess (interpreter, torch, model): 17-23 s on 2 shared cores
 def test_chat_reads_lines_from_a_pipe(tiny_model_dir, tiny_experts_dir, tmp_path):
     env = {**os.environ, "T2_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(

@@ -35,6 +35,7 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow  # two training runs: ~12 s on 2 shared cores
 def test_a_moved_run_directory_resumes(tmp_path):
     task = write_task(tmp_path)
 
