@@ -38,6 +38,8 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
+# Without the `slow` tests: those that load the real embedded model (marked by tests/conftest.py), run
+# subprocesses or sweep every reference solution through the sandbox.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
