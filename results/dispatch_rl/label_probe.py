@@ -21,11 +21,11 @@ import torch
 
 
 def probe(lm, task, examples, label_ids: dict[str, int]) -> dict:
-    from transformer_squared.training.rollout import prompt_ids
+    from transformer_squared.tasks import prompt_ids
 
     per_domain: dict[str, list] = {}
     for ex in examples:
-        ids = torch.tensor([prompt_ids(lm.tokenizer, task, ex)])
+        ids = torch.tensor([prompt_ids(task, lm.tokenizer, ex)])
         with torch.no_grad():
             p = torch.softmax(lm.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float(), -1)  # (V,)
         probs = {d: float(p[i]) for d, i in label_ids.items()}
@@ -55,7 +55,7 @@ def main() -> None:
 
     from transformer_squared.adapted import AdaptedModel
     from transformer_squared.evaluation import select_examples
-    from transformer_squared.tasks.dispatch import dispatch_task
+    from transformer_squared.adaptation.dispatch import dispatch_task
 
     data = os.environ.get("T2_DATA_DIR", "../shared/data")
     task = dispatch_task("experts")
