@@ -65,3 +65,44 @@ def test_shared_prompt_pass_works_through_peft():
     with torch.no_grad():
         torch.testing.assert_close(completion_logits(pol.model, packed, 2), completion_logits(pol.model, packed, 1),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_a_saved_lora_expert_evaluates_like_the_merged_policy(tmp_path):
+    """`t2 eval --expert DIR` of a LoRA expert (training.lora.evaluate_lora) scores what training's merged
+    policy generates, through the same evaluation path (so its records pair with the base's in t2 compare)."""
+    import copy
+
+    import pytest
+
+    from transformer_squared.adapted import base_meta
+    from transformer_squared.errors import T2Error
+    from transformer_squared.evaluation import EvalConfig, evaluate
+    from transformer_squared.training.lora import evaluate_lora, is_lora_expert
+
+    from .tinylm import tiny_task
+
+    task = tiny_task(tmp_path)
+    config = EvalConfig(task="custom", split="test", max_new_tokens=4)
+    lm = tiny_lm()
+    pristine = copy.deepcopy(lm)
+    pol = LoRAPolicy(lm.model, dropout=0.0)
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # lora_B starts at 0: move it, or the test proves nothing
+    meta = {"name": "sums-lora", "base_model": base_meta(pristine, "mlp")["base_model"]}
+    pol.save(tmp_path / "expert", meta)
+    with pol.generating():
+        want, want_records = evaluate(pol.generation_model, lm.tokenizer, config, task=task, progress=False)
+    _, base_records = evaluate(pristine.model, pristine.tokenizer, config, task=task, progress=False)
+    outputs = lambda records: [r["output"] for r in records]  # noqa: E731
+    assert outputs(want_records) != outputs(base_records)  # the adapter changes what is generated
+
+    assert is_lora_expert(tmp_path / "expert") and not is_lora_expert(tmp_path)
+    got, records = evaluate_lora(copy.deepcopy(pristine), tmp_path / "expert", config, task=task, progress=False)
+    assert outputs(records) == outputs(want_records)
+    assert (got["correct"], got["n"]) == (want["correct"], want["n"])
+    assert got["config"]["expert_kind"] == "lora"
+
+    other = tiny_lm(seed=1)  # other weights of the same shapes: refused unless transfer is asked for
+    with pytest.raises(T2Error, match="trained on other weights"):
+        evaluate_lora(other, tmp_path / "expert", config, task=task, progress=False)

@@ -49,7 +49,11 @@ def run(args) -> int:
         return run_eval_adaptive(args, config, task)
     run_args = dict(config=config, task=task, data_dir=data_dir(args.data_dir), out_dir=args.out,
                     resume=args.resume, progress=not args.json, extra={"model": args.model, "expert": args.expert})
-    if args.expert:
+    from ..training.lora import evaluate_lora, is_lora_expert
+
+    if args.expert and is_lora_expert(args.expert):  # a LoRA baseline from `t2 train --method lora`
+        summary, _ = evaluate_lora(args.model, args.expert, allow_transfer=args.allow_transfer, **run_args)
+    elif args.expert:
         from ..adaptation.evaluate import evaluate_expert
 
         summary, _ = evaluate_expert(args.model, args.expert, allow_transfer=args.allow_transfer,

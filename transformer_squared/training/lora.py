@@ -23,8 +23,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..adapted import base_meta
 from ..errors import T2Error
-from ..fileio import atomic_path, atomic_write_json
+from ..evaluation import evaluate
+from ..fileio import atomic_path, atomic_write_json, read_json
+from ..models import load_model
 
 META = "t2-lora.json"
 
@@ -117,3 +120,34 @@ class LoRAPolicy:
     def close(self) -> None:
         """Remove the adapters: the wrapped model is the base model again."""
         self.peft.unload()
+
+
+def is_lora_expert(directory: str | Path) -> bool:
+    """Whether `directory` holds a LoRA expert written by `t2 train --method lora` (it has t2-lora.json)."""
+    return (Path(directory) / META).is_file()
+
+
+def evaluate_lora(model, directory: str | Path, config, *, task=None, allow_transfer: bool = False, data_dir=None,
+                  out_dir=None, resume: bool = False, progress: bool = True, extra: dict[str, Any] | None = None):
+    """`t2 eval --expert DIR` for a LoRA expert: the adapter merged into `model` (alias, path or LoadedModel),
+    then the same generate -> score path as every evaluation, so its records pair with the base's in
+    `t2 compare`. The adapter must come from these weights (its t2-lora.json fingerprint) unless
+    `allow_transfer`. Returns (summary, records)."""
+    directory = Path(directory)
+    meta = read_json(directory / META, what="LoRA expert metadata")
+    if not isinstance(meta, dict) or meta.get("kind") != "lora":
+        raise T2Error(f"{directory / META}: not the metadata of a LoRA expert (no \"kind\": \"lora\")")
+    lm = model if hasattr(model, "tokenizer") else load_model(model)
+    want = (meta.get("base_model") or {}).get("fingerprint")
+    have = base_meta(lm, "mlp")["base_model"]["fingerprint"]
+    if want != have and not allow_transfer:
+        raise T2Error(f"{directory}: this LoRA expert was trained on other weights ({str(want)[:12]}) than "
+                      f"{lm.name} ({have[:12]}); pass --allow-transfer to apply it anyway")
+    peft = _peft()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        merged = peft.PeftModel.from_pretrained(lm.model, str(directory)).merge_and_unload()
+    merged.eval()
+    extra = {**(extra or {}), "expert_name": meta.get("name") or directory.name, "expert_kind": "lora"}
+    return evaluate(merged, lm.tokenizer, config, task=task, data_dir=data_dir, out_dir=out_dir, resume=resume,
+                    progress=progress, extra=extra)

