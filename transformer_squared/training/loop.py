@@ -39,6 +39,7 @@ bf16` is written for it: every tensor follows the model's device, SVF math stays
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -52,11 +53,13 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..adapted import AdaptedModel, base_meta
 from ..errors import T2Error
 from ..evaluation import select_examples
 from ..fileio import append_jsonl, atomic_write_text
 from ..generation import Engine, SamplingParams
 from ..models import LoadedModel, load_model
+from ..plots import optional_plot, plot_curves
 from ..svf import ZInit
 from ..tasks import Task, get_task
 from . import checkpoint, distributed
@@ -64,6 +67,8 @@ from .config import TrainConfig
 from .distributed import Dist
 from .evaluate import accuracy, limit
 from .losses import kl_to_base, reinforce_loss, sampling_logprobs, sft_loss, token_logprobs
+from .lora import LoRAPolicy  # imports peft only when a LoRA policy is made (an optional extra)
+from .policy import SVFPolicy
 from .rollout import Batch, DataOrder, hash_seed, rollouts, sft_batches
 from .sequences import completion_logits, micro_batches, pack
 
@@ -93,13 +98,8 @@ class TrainResult:
 def make_policy(cfg: TrainConfig, lm: LoadedModel, progress: bool):
     """The trainable policy for `cfg.method` on `lm.model` (modified in place until `policy.close()`)."""
     if cfg.method == "svf":
-        from ..adapted import AdaptedModel
-        from .policy import SVFPolicy
-
         am = AdaptedModel.prepare(lm, cfg.targets, progress=progress)
         return SVFPolicy(am, ZInit(parametrization=cfg.parametrization), seed=cfg.seed)
-    from .lora import LoRAPolicy
-
     return LoRAPolicy(lm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                       targets=cfg.lora_targets, seed=cfg.seed)
 
@@ -203,8 +203,6 @@ def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task |
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     identity = None
     if cfg.method == "lora":  # (SVF experts get it from the adapted model) the weights' fingerprint, before LoRA
-        from ..adapted import base_meta
-
         identity = base_meta(model, "mlp")["base_model"]
     policy = make_policy(cfg, model, progress=cfg.progress and d.main)
     try:
@@ -421,8 +419,6 @@ def _progress(cfg: TrainConfig, d: Dist, start: int):
 
 
 def _plot_curves(path: Path, history: list[dict], title: str, cfg: TrainConfig) -> None:
-    from ..plots import optional_plot, plot_curves
-
     keys = ["reward", "accuracy", "valid_accuracy", "mixed", "no_answer", "z_drift", "loss", "kl", "grad_norm"]
     series = {k: [(r["step"], r[k]) for r in history if k in r] for k in keys}
     if any(series.values()):
@@ -430,6 +426,4 @@ def _plot_curves(path: Path, history: list[dict], title: str, cfg: TrainConfig) 
 
 
 def _jsonl(row: dict) -> str:
-    import json
-
     return json.dumps(row) + "\n"
