@@ -62,6 +62,7 @@ def sampling_params(task: Task, max_new_tokens: int | None = None, *, temperatur
                     top_p: float = 1.0, seed: int | None = None):
     """How an evaluation decodes `task`: its own token budget unless one is given, its stop strings, greedy by
     default."""
+    # generation imports torch: here, not at module level, because the CLI imports EvalConfig while parsing
     from .generation import SamplingParams
 
     return SamplingParams(max_new_tokens=max_new_tokens or task.max_new_tokens, temperature=temperature,
@@ -113,7 +114,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from .generation import Engine
+    from .generation import Engine  # torch: see sampling_params
 
     start = time.perf_counter()
     task = task or get_task(config.task)

@@ -78,6 +78,7 @@ def score_many(task: Task, examples: Sequence[Example], outputs: Sequence[str], 
 def prompt_ids(task: Task, tokenizer, example: Example) -> list[int]:
     """The token ids a model answers `example` from: the task's chat messages through the tokenizer's chat
     template, followed by the task's response prefix (the paper prefilled code answers with "```python")."""
+    # generation imports torch; tasks alone (get_task, scoring: `t2 score`) must not
     from ..generation import chat_prompt_ids
 
     ids = chat_prompt_ids(tokenizer, task.messages(example))

@@ -38,6 +38,7 @@ from torch import nn
 from ..adapted import AdaptedModel
 from ..errors import T2Error
 from ..experts import Expert
+from ..plots import optional_plot, plot_expert
 from ..svf import ZInit
 
 
@@ -169,8 +170,6 @@ class SVFPolicy:
     def save(self, directory: Path, meta: dict[str, Any]) -> Path:
         """An Expert directory (effective z + metadata), plus z.png (mean |z − 1| per layer) when matplotlib is
         installed."""
-        from ..plots import optional_plot, plot_expert
-
         z = self.effective_z()
         Expert(z, self.am.expert_meta(**meta)).save(directory)
         optional_plot(plot_expert, z, Path(directory) / "z.png", title=f"{meta.get('name', 'expert')}: mean |z − 1|")
