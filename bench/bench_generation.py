@@ -27,13 +27,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench scripts' shared helpers
+from cpuinfo import cpu_name  # noqa: E402
 
 FALLBACK_DIR = "/tmp/smol_hf"  # a plain HF copy of SmolLM2-135M-Instruct, used if the alias loader is missing
 
@@ -144,16 +146,6 @@ def save_results(res: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res)
     print(f"load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}; wrote {out}", file=sys.stderr)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -35,6 +34,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench scripts' shared helpers
+from cpuinfo import cpu_name  # noqa: E402
 
 QUESTIONS = [
     "What is {a} plus {b}?", "Write a Python function that returns the {a}th Fibonacci number.",
@@ -112,16 +114,6 @@ def summary(results: list[dict], wall: float) -> dict:
             "p50_s": pct(0.50), "p99_s": pct(0.99), "mean_s": round(statistics.fmean(lat), 3) if lat else None,
             "requests_per_s": round(len(ok) / wall, 3), "tokens_per_s": round(tokens / wall, 2),
             "completion_tokens": tokens, "errors": sorted({r["error"] for r in results if not r["ok"]})[:5]}
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
