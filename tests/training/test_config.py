@@ -52,3 +52,15 @@ def test_cli_options_mirror_the_config_fields():
     assert fields <= set(vars(args))
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     assert (config.kl_coef, config.progress, config.samples_per_prompt, config.temperature) == (0.2, False, 4, 0.7)
+
+
+def test_dispatch_form_reaches_the_dispatch_task_and_nothing_else(tmp_path, shared_data):
+    from transformer_squared.training import train
+    from transformer_squared.training.loop import _task_options
+
+    config = TrainConfig(out=str(tmp_path / "run"), task="dispatch", dispatch_form="mixed", data_dir=str(shared_data))
+    assert _task_options(config) == {"form": "mixed"}
+    assert _task_options(TrainConfig(out="x", task="dispatch")) == {}  # the template default: the paper's prompts
+    with pytest.raises(T2Error, match="--dispatch-form is for --task dispatch"):
+        train(TrainConfig(out=str(tmp_path / "run2"), task="arc-easy", dispatch_form="plain"))
+    assert not (tmp_path / "run2").exists()  # refused before anything is written or loaded

@@ -49,6 +49,9 @@ class TrainConfig:
     data_dir: str | None = _f(None, "benchmark data directory (default $T2_DATA_DIR, else the hub)")
     experts: str | None = _f(None, "task dispatch: the expert set directory whose domains the dispatch "
                                    "expert learns to name (prompts come from those experts' train splits)")
+    dispatch_form: str = _f("template", "task dispatch: prompts as the benchmarks write them (template), as users "
+                                        "type them (plain), or a seeded mix (mixed)",
+                            choices=("template", "plain", "mixed"))
     targets: str = _f("mlp", "svf: matrices to adapt (mlp = paper default, attn, all, or patterns)")
     parametrization: str = _f("direct", "svf: direct (z starts at 1) or reference (the paper code's "
                                         "sigmoid + nuclear-norm rescale)", choices=("direct", "reference"))

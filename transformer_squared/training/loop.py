@@ -173,8 +173,18 @@ def train(config: TrainConfig, *, model: LoadedModel | None = None, task: Task |
             distributed.teardown()
 
 
+def _task_options(config: TrainConfig) -> dict:
+    """Options of the dispatch meta-task (its expert set, how its prompts are written); none for other tasks."""
+    options = {"experts": config.experts} if config.experts else {}
+    if config.dispatch_form != "template":
+        if config.task != "dispatch":
+            raise T2Error(f"--dispatch-form is for --task dispatch, not {config.task}")
+        options["form"] = config.dispatch_form
+    return options
+
+
 def _train(config: TrainConfig, d: Dist, model: LoadedModel | None, task: Task | None, t_start: float):
-    task = task or get_task(config.task, **({"experts": config.experts} if config.experts else {}))
+    task = task or get_task(config.task, **_task_options(config))
     cfg = config.resolved(task.max_new_tokens)
     out = Path(cfg.out)
     _prepare_out(out, cfg, d)
