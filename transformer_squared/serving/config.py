@@ -28,7 +28,7 @@ class ServeConfig:
                                                                  "merged W' (full speed) instead of per-row z"})
     api_key: str | None = field(default=None, repr=False, metadata={
         "help": "when set, every /v1 request needs the header `Authorization: Bearer <key>` (what the openai "
-                "client's api_key sends), as vLLM's --api-key; /health stays open"})
+                "client's api_key sends), as vLLM's --api-key; /health stays open; default $T2_API_KEY"})
 
     def __post_init__(self):
         if self.default_max_tokens is None and isinstance(self.max_tokens, int):
