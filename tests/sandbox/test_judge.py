@@ -181,9 +181,11 @@ def test_no_forgery_passes(answer):
     forged = [name for name, r in zip(FORGERS, results) if r.passed or r.status == "passed"]
     assert forged == []
     assert {name: r.status for name, r in zip(FORGERS, results)}["hangs in the call"] == "timeout"
-    assert all(r.status in {"failed", "timeout", "killed"} for r in results), {
-        name: (r.status, r.stderr[-300:]) for name, r in zip(FORGERS, results) if r.status not in
-        {"failed", "timeout", "killed"}}
+    # Every forger fails as a candidate, never as a broken sandbox ("error"). "memory" is a candidate's failure
+    # too: the file scanner hits the memory limit where /tmp or HOME holds a large file (a CI clone's .venv).
+    candidate_failures = {"failed", "timeout", "killed", "memory"}
+    assert all(r.status in candidate_failures for r in results), {
+        name: (r.status, r.stderr[-300:]) for name, r in zip(FORGERS, results) if r.status not in candidate_failures}
 
 
 def test_the_same_tests_pass_an_honest_program():
