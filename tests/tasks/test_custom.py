@@ -51,6 +51,7 @@ def test_choice_scorer_maps_text_answers_to_letters(tmp_path):
     a, b = task.load()
     assert task.scorer == "choice" and a.answer == "B" and b.answer == "B"
     assert "Options:\nA. carrot\nB. apple\nC. leek\n" in task.messages(a)[1]["content"]
+    assert task.plain_prompt(a) == "Which is a fruit? carrot, apple or leek?"  # options inline, as typed
     assert task.score(a, "I think the answer is (B).").correct
     assert not task.score(a, "I think so.").correct
 

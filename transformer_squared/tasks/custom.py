@@ -28,7 +28,7 @@ from ..errors import T2Error
 from ..sandbox import CodeCheck
 from ._data import pick_split, read_jsonl
 from .arc import SYSTEM as CHOICE_SYSTEM
-from .arc import format_choices, score_choice
+from .arc import format_choices, plain_choices, score_choice
 from .base import Example, Task, Verdict
 from .code import SYSTEM as CODE_SYSTEM
 from .code import CodeTask
@@ -174,6 +174,12 @@ class _Custom:
         user = format_choices(example.prompt, example.meta["choices"]) if self.scorer == "choice" else example.prompt
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [{"role": "user", "content": user}]
+
+    def plain_prompt(self, example: Example) -> str:
+        """As a user would type it: a multiple-choice row's options inline, as ARC's (`arc.plain_choices`)."""
+        if self.scorer == "choice":
+            return plain_choices(example.prompt, example.meta["choices"])
+        return example.prompt
 
 
 class CustomTask(_Custom, Task):
