@@ -19,11 +19,11 @@ M=(--model "$Q")
 
 # MBPP: Qwen's base has mixed rewards there (8/24 measured before), so RL has something to amplify.
 # Recipe: 8 prompts x 4 samples at T = 1 (leave-one-out baseline), the paper's lr 2e-3 constant, 512 new tokens
-# (the test budget: no brevity effect), validation on the whole valid split (90) every 5 steps with the base
+# (the test budget: no brevity effect), validation on the whole valid split (90) every 10 steps (steps 0, 10, 20: ~20 CPU-minutes each at 512 tokens) with the base
 # model as a candidate. Every expert, SVF or LoRA, is tested by `t2 eval --expert` (stage test_mbpp: per-item
 # records that `t2 compare` pairs with the base's and with each other), so training itself skips the test split.
 MBPP_COMMON=(--task mbpp "${M[@]}" --steps 20 --batch-size 8 --max-new-tokens 512 --schedule constant
-             --eval-every 5 --valid-limit -1 --checkpoint-every 1 --no-progress)
+             --eval-every 10 --valid-limit -1 --checkpoint-every 1 --no-progress)
 RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
 
 stage_base_mbpp() {
