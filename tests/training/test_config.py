@@ -31,11 +31,23 @@ def test_the_papers_recipe_is_the_default():
     (dict(out=""), "--out"),
     (dict(resume=True, overwrite=True), "contradict"),
     (dict(valid_limit=-5), "--valid-limit"),
+    (dict(baseline="mean"), "--baseline"),
+    (dict(advantage_norm="std", baseline="none", samples_per_prompt=4, temperature=1.0), "--advantage-norm"),
+    (dict(advantage_norm="std"), "--advantage-norm"),  # G = 1: no group to scale by
 ])
 def test_inconsistent_options_are_one_line_errors(bad, match):
     with pytest.raises(T2Error, match=match) as e:
         TrainConfig(**{"out": "x", **bad})
     assert "\n" not in str(e.value)
+
+
+def test_baseline_and_advantage_norm_come_from_the_command_line():
+    args = build_parser().parse_args(["train", "--out", "o", "--samples-per-prompt", "8", "--temperature", "1",
+                                      "--baseline", "none"])
+    assert (args.baseline, args.advantage_norm) == ("none", "none")
+    args = build_parser().parse_args(["train", "--out", "o", "--advantage-norm", "std"])
+    assert (args.baseline, args.advantage_norm) == ("loo", "std")
+    assert TrainConfig(out="x").baseline == "loo"  # G = 1 (the default) gives the raw reward either way
 
 
 def test_cosine_schedule_decays_from_full_lr_and_warmup_ramps():

@@ -7,8 +7,8 @@ import torch
 
 from transformer_squared.generation import SamplingParams
 from transformer_squared.generation.sampling import next_tokens
-from transformer_squared.training.losses import (kl_to_base, reinforce_loss, rloo_advantages, sampling_logprobs,
-                                                 sft_loss, token_logprobs)
+from transformer_squared.training.losses import (advantages, kl_to_base, reinforce_loss, rloo_advantages,
+                                                 sampling_logprobs, sft_loss, token_logprobs)
 
 
 def test_rloo_advantage_is_reward_minus_mean_of_the_others():
@@ -22,6 +22,26 @@ def test_rloo_advantage_is_reward_minus_mean_of_the_others():
 def test_single_sample_advantage_is_the_reward_itself():
     r = torch.tensor([[1.0], [-1.0], [-0.1]])
     torch.testing.assert_close(rloo_advantages(r), r)
+
+
+def test_without_a_baseline_the_advantage_is_the_raw_reward_even_when_a_group_agrees():
+    r = torch.tensor([[1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+    torch.testing.assert_close(advantages(r, "none"), r)  # the paper's REINFORCE: the all-wrong group pushes too
+    torch.testing.assert_close(advantages(r, "loo"), rloo_advantages(r))
+
+
+def test_std_norm_scales_each_group_by_its_reward_spread():
+    r = torch.tensor([[1.0, -1.0, -1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]])
+    a = advantages(r, "loo", "std")
+    # group 0: loo (2, -2/3, -2/3, -2/3), reward std sqrt(0.75); group 1: loo ±4/3, std 1; group 2: all equal -> 0
+    s0 = math.sqrt(0.75)
+    torch.testing.assert_close(a[0], torch.tensor([2 / s0, -2 / 3 / s0, -2 / 3 / s0, -2 / 3 / s0]))
+    torch.testing.assert_close(a[1], torch.tensor([4 / 3, 4 / 3, -4 / 3, -4 / 3]))
+    assert (a[2] == 0).all()
+    # the lone success of group 0 now weighs more than a success of the evenly split group 1
+    assert a[0, 0] > a[1, 0]
+    with pytest.raises(ValueError, match="leave-one-out"):
+        advantages(r, "none", "std")
 
 
 def test_token_logprobs_picks_the_sampled_token():

@@ -60,3 +60,14 @@ def test_rollouts_group_samples_by_prompt_with_leave_one_out_advantages(tmp_path
                           start_step=0, d=Dist()))
     assert again.completions == batch.completions, "sampling is seeded per (seed, step, rank)"
     assert next(gen).completions != batch.completions
+
+
+def test_rollouts_without_a_baseline_keep_the_raw_reward_and_record_the_answers(tmp_path):
+    lm, task = tiny_lm(), tiny_task(tmp_path)
+    examples = task.load("train")
+    batch = next(rollouts(Merged(), Engine(lm.model, lm.tokenizer), lm.tokenizer, task, examples,
+                          DataOrder(len(examples), 0), batch_size=3, samples_per_prompt=2,
+                          params=SamplingParams(max_new_tokens=5, temperature=1.0), wrong_reward=-0.5, seed=0,
+                          start_step=0, d=Dist(), baseline="none"))
+    torch.testing.assert_close(batch.advantages, batch.rewards)
+    assert len(batch.answers) == batch.size and all(isinstance(a, str) for a in batch.answers)

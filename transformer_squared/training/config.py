@@ -26,6 +26,8 @@ METHODS = ("svf", "lora")
 OBJECTIVES = ("rl", "sft")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("fp32", "bf16")
+BASELINES = ("loo", "none")  # losses.advantages
+ADVANTAGE_NORMS = ("none", "std")
 METHOD_DEFAULTS = {"svf": {"lr": 2e-3, "grad_clip": 1e-3}, "lora": {"lr": 5e-5, "grad_clip": 1.0}}
 # Fields that do not change what is computed: a resumed run may differ from the original in these.
 RUNTIME_FIELDS = ("resume", "overwrite", "stop_after", "progress", "device", "threads")
@@ -75,8 +77,15 @@ class TrainConfig:
     seed: int = _f(0, "seed for data order, initialisation and sampling")
 
     # -- reinforcement learning --------------------------------------------------------------------------------
-    samples_per_prompt: int = _f(1, "rollouts per prompt G; G > 1 uses the leave-one-out (RLOO) baseline, "
-                                    "G = 1 is the paper's (no baseline)")
+    samples_per_prompt: int = _f(1, "rollouts per prompt G (the prompt is prefilled once per group, so G costs "
+                                    "far less than as many prompts); G = 1 is the paper's")
+    baseline: str = _f("loo", "advantage of a rollout: loo = its reward minus the mean reward of the other "
+                              "G - 1 samples of its prompt (RLOO; our addition, SPEC §2); none = the raw reward, "
+                              "the paper's REINFORCE. The same with G = 1", choices=BASELINES)
+    advantage_norm: str = _f("none", "std: divide each prompt's leave-one-out advantages by the standard "
+                                     "deviation of its G rewards (GRPO's scaling: a prompt with one right sample "
+                                     "in G weighs as much as one split half and half); none: unscaled",
+                             choices=ADVANTAGE_NORMS)
     temperature: float = _f(0.0, "rollout temperature; 0 = greedy (the paper's code)")
     top_p: float = _f(1.0, "rollout nucleus sampling")
     max_new_tokens: int | None = _f(None, "generation budget for rollouts and evaluation (default: the "
@@ -122,7 +131,7 @@ class TrainConfig:
         def bad(msg: str):
             raise T2Error(f"train: {msg}")
 
-        for name in ("method", "objective", "schedule", "dtype", "parametrization"):
+        for name in ("method", "objective", "schedule", "dtype", "parametrization", "baseline", "advantage_norm"):
             allowed = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in allowed:
                 bad(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -144,8 +153,11 @@ class TrainConfig:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             bad("--temperature must be >= 0 and --top-p in (0, 1]")
         if self.samples_per_prompt > 1 and self.temperature == 0 and self.objective == "rl":
-            bad("--samples-per-prompt > 1 needs --temperature > 0 (greedy rollouts of one prompt are identical, "
-                "so the leave-one-out advantage would be 0)")
+            bad("--samples-per-prompt > 1 needs --temperature > 0 (greedy rollouts of one prompt are identical: "
+                "the leave-one-out advantage would be 0, and without a baseline G copies add nothing)")
+        if self.advantage_norm != "none" and (self.baseline != "loo" or self.samples_per_prompt < 2):
+            bad("--advantage-norm std scales each group's leave-one-out advantages: it needs --baseline loo and "
+                "--samples-per-prompt > 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             bad(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         if self.threads is not None and self.threads < 1:

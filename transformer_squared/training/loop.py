@@ -9,8 +9,10 @@ How this departs from the paper's SVF-RL (SPEC §2), in order:
 
 1. The KL penalty is exact over the vocabulary at each generated position (see `losses.py`), direction
    KL(π_θ ‖ π_base); the paper states λ but not the estimator. Default λ = 0, as in the reference code.
-2. Optional leave-one-out baseline (`--samples-per-prompt G > 1` with `--temperature > 0`); the default G = 1,
-   temperature 0 is the paper's recipe: greedy rollouts, advantage = reward, no baseline.
+2. Optional leave-one-out baseline (`--samples-per-prompt G > 1` with `--temperature > 0`; `--baseline loo`, the
+   default) and GRPO's per-group scaling (`--advantage-norm std`); the default G = 1, temperature 0 is the
+   paper's recipe: greedy rollouts, advantage = reward, no baseline. `--baseline none` keeps the paper's raw
+   reward with G > 1 sampled rollouts.
 3. Adam(W) with weight decay 0 by default: decoupled decay would pull z towards 0, where z = 1 is the base.
    Cosine decay to 0 by default (paper), `--schedule constant` for the reference code's behaviour.
 4. The batch defaults to 16 prompts, not 256, so that CPU runs finish; gradient-norm clip 1e-3 as in the paper.
@@ -27,8 +29,10 @@ How this departs from the paper's SVF-RL (SPEC §2), in order:
    nucleus; `losses.sampling_logprobs`), so the gradient is that of the policy that produced the samples;
    greedy rollouts keep log π at T = 1 as the paper.
 8. Per step, besides loss and reward: `mixed` (share of prompts whose G samples got different rewards: only
-   those carry signal under the leave-one-out baseline), `no_answer` (share of rollouts the scorer extracted
-   no answer from) and `z_drift` (SVF: mean |z − 1|), so a run that does not learn says why.
+   those carry signal under the leave-one-out baseline), `distinct` (mean number of different answers among a
+   prompt's G samples: 1 when the policy has collapsed onto one answer), `answers` (the shares of the four
+   most frequent extracted answers), `no_answer` (share of rollouts the scorer extracted no answer from),
+   `adv_abs` (mean |advantage|) and `z_drift` (SVF: mean |z − 1|), so a run that does not learn says why.
 
 Defaults are sized for CPU runs (validation on 200 examples every 10 steps, test on 100): pass
 `--valid-limit -1 --test-limit -1` for the full splits. On CPU, torch gets one thread per idle core unless
@@ -45,7 +49,7 @@ import os
 import random
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,7 +246,8 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
                                  top_p=cfg.top_p, stop=tuple(task.stop))
         batches = rollouts(policy, engine, model.tokenizer, task, train_set, order, batch_size=cfg.batch_size,
                            samples_per_prompt=cfg.samples_per_prompt, params=params_,
-                           wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=step, d=d)
+                           wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=step, d=d,
+                           baseline=cfg.baseline, advantage_norm=cfg.advantage_norm)
     else:
         batches = sft_batches(model.tokenizer, task, train_set, order, batch_size=cfg.batch_size, d=d)
 
@@ -345,11 +350,16 @@ def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: Train
         G = batch.group
         groups = batch.rewards.view(-1, G)  # (P, G)
         mixed_local = float((groups != groups[:, :1]).any(dim=1).sum())
-        mixed, prompts, answered = distributed.sum_floats(
-            [mixed_local, float(groups.shape[0]), float(batch.answered.sum())], d)
-        row.update(reward=reward / n, accuracy=correct / n, logp=logp / n, no_answer=1 - answered / n)
+        distinct_local = float(sum(len(set(batch.answers[i : i + G])) for i in range(0, batch.size, G)))
+        mixed, distinct, prompts, answered, adv_abs = distributed.sum_floats(
+            [mixed_local, distinct_local, float(groups.shape[0]), float(batch.answered.sum()),
+             float(batch.advantages.abs().sum())], d)
+        counts = Counter(a for answers in distributed.gather_objects(batch.answers, d) for a in answers)
+        row.update(reward=reward / n, accuracy=correct / n, logp=logp / n, no_answer=1 - answered / n,
+                   adv_abs=adv_abs / n, answers={a: c / n for a, c in counts.most_common(4)})
         if G > 1:  # one sample has nothing to differ from
             row["mixed"] = mixed / prompts
+            row["distinct"] = distinct / prompts
         if cfg.kl_coef > 0:
             row["kl"] = kl / n
     return row

@@ -1,4 +1,4 @@
-"""The objectives, as pure functions of tensors: REINFORCE (+ leave-one-out advantage), KL to the base, NTP.
+"""The objectives, as pure functions of tensors: REINFORCE (+ optional group baseline), KL to the base, NTP.
 
 Shapes: N sequences in a micro-batch, T completion positions (right-padded), V the vocabulary. `logits` are
 the model's predictions *for* the completion tokens (position t predicts `tokens[:, t]`); `mask` is 1 on real
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .config import ADVANTAGE_NORMS, BASELINES
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +72,28 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
         return rewards.clone()
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)  # (P, G)
     return rewards - others
+
+
+def advantages(rewards: torch.Tensor, baseline: str = "loo", norm: str = "none") -> torch.Tensor:
+    """Per-sample advantages from rewards grouped by prompt. rewards (P, G) → (P, G).
+
+    `baseline`: "loo" = `rloo_advantages`; "none" = the raw reward (SPEC §2, the paper's REINFORCE: a group
+    whose samples all agree still pushes on their log-probs). A baseline leaves the *expected* gradient as it is
+    and only changes its variance. `norm`: "std" divides each group's (loo) advantages by the standard deviation
+    of its rewards (GRPO's scaling), so that a prompt whose G samples hold a single success weighs as much as one
+    split half and half; a group whose rewards are all equal has advantage 0 either way.
+    """
+    if baseline not in BASELINES or norm not in ADVANTAGE_NORMS:
+        raise ValueError(f"baseline must be one of {BASELINES} and norm one of {ADVANTAGE_NORMS}")
+    if baseline == "none":
+        if norm != "none":
+            raise ValueError("advantage normalisation needs the leave-one-out baseline")
+        return rewards.clone()
+    adv = rloo_advantages(rewards)  # (P, G)
+    if norm == "std" and rewards.shape[1] > 1:
+        std = rewards.std(dim=1, unbiased=False, keepdim=True)  # (P, 1)
+        adv = torch.where(std > 0, adv / std.clamp(min=1e-8), torch.zeros_like(adv))
+    return adv
 
 
 def kl_to_base(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

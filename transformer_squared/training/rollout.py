@@ -20,7 +20,7 @@ from ..errors import T2Error
 from ..generation import Engine, SamplingParams, chat_prompt_ids
 from ..tasks import Example, Task, prompt_ids
 from .distributed import Dist, shard
-from .losses import rloo_advantages
+from .losses import advantages as group_advantages
 
 
 class DataOrder:
@@ -68,6 +68,7 @@ class Batch:
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (N,)
     advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
     answered: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (N,) extractable
+    answers: list[str] = field(default_factory=list)  # (N,) what the scorer extracted ("" for nothing)
     group: int = 1  # G: sequences come in runs of G sharing one prompt
 
     @property
@@ -80,22 +81,25 @@ class Batch:
 
 
 def score(task: Task, examples: Sequence[Example], texts: Sequence[str], task_prefixes: Sequence[str],
-          wrong: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rewards, correct, answered) for completions: +1 if correct else `wrong` (SPEC §2), via the task's batch
-    scorer; `answered` is whether the scorer could extract an answer at all (a reward of `wrong` for a reply
-    with no answer is a format failure, not a wrong answer: the per-step metrics tell them apart)."""
+          wrong: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """(rewards, correct, answered, answers) for completions: +1 if correct else `wrong` (SPEC §2), via the
+    task's batch scorer; `answered` is whether the scorer could extract an answer at all (a reward of `wrong` for
+    a reply with no answer is a format failure, not a wrong answer: the per-step metrics tell them apart);
+    `answers` are the extracted answers as text (the per-step metrics show when every sample says the same)."""
     outputs = [p + t for p, t in zip(task_prefixes, texts)]
     verdicts = task.score_many(list(examples), outputs)
     correct = torch.tensor([v.correct for v in verdicts], dtype=torch.bool)
     answered = torch.tensor([v.extracted not in (None, "") for v in verdicts], dtype=torch.bool)
     rewards = torch.where(correct, torch.tensor(1.0), torch.tensor(float(wrong)))
-    return rewards, correct, answered
+    answers = ["" if v.extracted is None else str(v.extracted) for v in verdicts]
+    return rewards, correct, answered, answers
 
 
 def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[Example], order: DataOrder, *,
              batch_size: int, samples_per_prompt: int, params: SamplingParams, wrong_reward: float, seed: int,
-             start_step: int, d: Dist) -> Iterator[Batch]:
-    """Yield one `Batch` per step: this rank's shard of `batch_size` prompts, G samples each, scored."""
+             start_step: int, d: Dist, baseline: str = "loo", advantage_norm: str = "none") -> Iterator[Batch]:
+    """Yield one `Batch` per step: this rank's shard of `batch_size` prompts, G samples each, scored, with
+    advantages from `losses.advantages(rewards, baseline, advantage_norm)` within each prompt's group."""
     step = start_step
     cache: dict[int, list[int]] = {}
     G = samples_per_prompt
@@ -113,9 +117,10 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
         with policy.generating():
             outs = engine.generate(prompts, step_params)
         prefixes = [task.response_prefix(e) for e in exs]
-        rewards, correct, answered = score(task, exs, [o.text for o in outs], prefixes, wrong_reward)  # (N,) each
-        advantages = rloo_advantages(rewards.view(len(mine), G)).view(-1)  # (N,)
-        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages, answered, G)
+        rewards, correct, answered, answers = score(task, exs, [o.text for o in outs], prefixes,
+                                                    wrong_reward)  # (N,) each
+        advantages = group_advantages(rewards.view(len(mine), G), baseline, advantage_norm).view(-1)  # (N,)
+        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages, answered, answers, G)
 
 
 def sft_pair(tokenizer, task: Task, example: Example) -> tuple[list[int], list[int]]:
