@@ -31,7 +31,7 @@ How this departs from the paper's SVF-RL (SPEC §2), in order:
 8. Per step, besides loss and reward: `mixed` (share of prompts whose G samples got different rewards: only
    those carry signal under the leave-one-out baseline), `distinct` (mean number of different answers among a
    prompt's G samples: 1 when the policy has collapsed onto one answer), `answers` (the shares of the four
-   most frequent extracted answers), `no_answer` (share of rollouts the scorer extracted no answer from),
+   most frequent extracted answers, each cut to 32 characters), `no_answer` (share of rollouts the scorer extracted no answer from),
    `adv_abs` (mean |advantage|) and `z_drift` (SVF: mean |z − 1|), so a run that does not learn says why.
 
 Defaults are sized for CPU runs (validation on 200 examples every 10 steps, test on 100): pass
@@ -80,6 +80,7 @@ METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 EXPERT = "expert"
 CHECKPOINT = "checkpoint"
+ANSWER_CHARS = 32  # metrics' `answers` keys: a label or a number whole, a long extracted answer (code) cut
 
 
 @dataclass
@@ -354,7 +355,8 @@ def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: Train
         mixed, distinct, prompts, answered, adv_abs = distributed.sum_floats(
             [mixed_local, distinct_local, float(groups.shape[0]), float(batch.answered.sum()),
              float(batch.advantages.abs().sum())], d)
-        counts = Counter(a for answers in distributed.gather_objects(batch.answers, d) for a in answers)
+        counts = Counter(a[:ANSWER_CHARS] for answers in distributed.gather_objects(batch.answers, d)
+                         for a in answers)
         row.update(reward=reward / n, accuracy=correct / n, logp=logp / n, no_answer=1 - answered / n,
                    adv_abs=adv_abs / n, answers={a: c / n for a, c in counts.most_common(4)})
         if G > 1:  # one sample has nothing to differ from
