@@ -70,8 +70,9 @@ def measure(method: str, args: dict, queue) -> None:
         t = time.perf_counter()
         gradient_pass(policy, batch, cfg, float(len(prompts)), pad, torch.device("cpu"))
         optimizer_step(policy, optimizer, scheduler, cfg, Dist())
-        if hasattr(policy, "_sync"):
-            policy._sync()  # count the W' recomposition that the next rollout would otherwise pay
+        if method == "svf":
+            with policy.generating():  # count the W' recomposition that the next rollout would otherwise pay
+                pass
         if step:  # the first step warms up allocators and kernels
             times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

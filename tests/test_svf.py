@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from transformer_squared.svd import decompose
-from transformer_squared.svf import SVF, SVFLinear, ZInit, svf_layers
+from transformer_squared.svd import decompose, decompose_matrix
+from transformer_squared.svf import SVF, Mode, SVFLinear, ZInit, svf_layers
 from transformer_squared.targets import resolve_targets
 from transformer_squared.testing import ARCHITECTURES, tiny_model
 
@@ -141,3 +141,77 @@ def test_detach_restores_plain_modules():
     svf.detach()
     assert not svf_layers(model)
     assert not any(isinstance(m, SVFLinear) for m in model.modules())
+
+
+def test_modes_are_asked_not_set():
+    model, svf = attach("llama")
+    layer = next(iter(svf.layers.values()))
+    assert layer.mode is Mode.BASE and layer.mode.plain_linear and not layer.mode.has_row_state
+    with pytest.raises(AttributeError):
+        layer.mode = Mode.MERGED  # state changes only through the layer's methods
+    z = random_z(svf)
+    svf.merge(z)
+    assert layer.mode is Mode.MERGED and layer.mode.plain_linear
+    svf.set_rows([z, None])
+    assert layer.mode is Mode.ROWS and layer.mode.has_row_state and not layer.mode.plain_linear
+    svf.train_mode()
+    assert layer.mode is Mode.TRAIN and layer.mode.trains and not layer.mode.plain_linear
+    assert Mode.ROWS == "rows"  # a str enum: older code comparing with the names keeps working
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_load_merged_and_merged_weight_are_the_merge(arch):
+    model, svf = attach(arch)
+    z = random_z(svf)
+    expected = {n: m.merged_weight(z[n]) for n, m in svf.layers.items()}  # pure: the layers are untouched
+    assert all(m.mode is Mode.BASE for m in svf.layers.values())
+    base = logits(model)
+    svf.merge(z)
+    merged = logits(model)
+    for n, m in svf.layers.items():
+        assert torch.equal(m.weight, expected[n]), n
+        assert torch.equal(m.merged_weight(z[n]), expected[n]), "merged_weight must start from the original"
+    svf.restore()
+    for n, m in svf.layers.items():
+        m.load_merged(expected[n])
+    assert torch.equal(logits(model), merged)
+    svf.restore()
+    assert torch.equal(logits(model), base)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_mode_computes_the_merged_layer_exactly(arch):
+    model, svf = attach(arch)
+    z = random_z(svf)
+    svf.merge(z)
+    merged = logits(model)
+    svf.train_mode(z)
+    assert torch.equal(logits(model), merged), "TRAIN's value is the merged W' of its z, bit for bit"
+    svf.merge_trainable()
+    assert all(m.mode is Mode.MERGED and m.param is not None for m in svf.layers.values())
+    assert torch.equal(logits(model), merged)
+    with svf.base_weights():
+        assert torch.equal(logits(model), logits(attach(arch)[0]))
+    assert torch.equal(logits(model), merged), "base_weights() gives the state back"
+    svf.resume_training()
+    assert all(m.mode is Mode.TRAIN for m in svf.layers.values())
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])  # out > in: factored ∂L/∂x; out < in: dense
+def test_train_mode_gradient_is_the_dense_chain_rule(shape):
+    # ∂L/∂z_i = σ_i u_iᵀ (∂L/∂W') v_i, with ∂L/∂W' from autograd through a plain linear of the same W'.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(*shape).requires_grad_(False)
+    f = decompose_matrix(lin.weight.detach())
+    layer = SVFLinear(lin, f)
+    z0 = 1 + 0.2 * torch.randn(layer.rank)
+    (p,) = [layer.start_training(z0)]
+    x = torch.randn(3, 5, shape[0], requires_grad=True)
+    dy = torch.randn(3, 5, shape[1])
+    layer(x).backward(dy)
+    w = layer.merged_weight(z0).clone().requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(x2, w, lin.bias).backward(dy)
+    dz = f.S * ((f.U.t() @ w.grad) * f.Vh).sum(1)  # (r,)
+    torch.testing.assert_close(p.grad, dz, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)

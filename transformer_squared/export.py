@@ -13,8 +13,9 @@ in bf16) and lora_alpha = r for every module, so scaling = 1 whichever loader re
 per-module `rank_pattern`/`alpha_pattern` (each module's alpha equals its rank), vLLM ignores those patterns
 and uses the global lora_alpha / r, which is also 1. Matrices whose ΔW is exactly zero are left out.
 
-Merged: W' = W + ΔW computed exactly as `SVFLinear.merge` does (fp32, cast back, checked finite) into a copy
-of the state dict, never into the live model, and saved as an ordinary Hugging Face directory.
+Merged: W' = W + ΔW from `SVFLinear.merged_weight`, the very W' `SVFLinear.merge` writes (svf.py's `apply_z`:
+fp32, cast back, checked finite), put into a copy of the state dict, never into the live model, and saved as an
+ordinary Hugging Face directory.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .errors import T2Error
 from .experts import Expert
 from .fileio import atomic_path, atomic_write_json
 from .models import ALIASES, LoadedModel
-from .svf import SVFLinear
+from .svf import SVFLinear, singular_scale
 
 LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
@@ -55,7 +56,7 @@ _TOKENIZER_FILES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", 
 # -- the math: pure functions of (U, σ, Vᵀ, z) -----------------------------------------------------------------
 def delta_spectrum(S: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ΔW's signed singular values d = σ ⊙ (z − 1) (fp64) and the order that sorts |d| descending."""
-    d = S.double().cpu() * (z.double().cpu() - 1.0)  # (r,)
+    d = singular_scale(S.double().cpu(), z.double().cpu())  # (r,): σ ⊙ (z − 1), svf.py's scale in fp64
     order = torch.argsort(d.abs(), descending=True, stable=True)
     return d, order
 
@@ -82,17 +83,6 @@ def lora_factors(layer: SVFLinear, z: torch.Tensor, rank: int) -> tuple[torch.Te
     A = root[:, None] * Vh[idx]  # (k, 1) * (k, in) -> (k, in)
     B = U[:, idx] * (sign * root)  # (out, k) * (k,) -> (out, k)
     return A.contiguous(), B.contiguous()
-
-
-def merged_weight(layer: SVFLinear, z: torch.Tensor) -> torch.Tensor:
-    """W' = W + ΔW in the layer's storage layout and dtype, exactly as `SVFLinear.merge` computes it."""
-    orig = layer._orig if layer._orig is not None else layer.base.weight  # the base weight, whatever the mode
-    w = orig.t() if layer.transposed else orig  # (out, in)
-    new = w.float() + layer.delta(z.to(layer.S.device))
-    if not torch.isfinite(new).all():
-        raise T2Error("merging this expert gives non-finite weights; the expert is corrupt or its z is extreme")
-    new = new.to(orig.dtype)
-    return (new.t() if layer.transposed else new).contiguous().detach()
 
 
 # -- LoRA ------------------------------------------------------------------------------------------------------
@@ -231,7 +221,7 @@ def export_merged(am_or_model: AdaptedModel | LoadedModel | str, expert: Expert 
             bias = sd.get(f"{name}.base.bias")
             for key in [k for k in sd if k.startswith(f"{name}.")]:  # base.*, and a trainable z in train mode
                 del sd[key]
-            sd[f"{name}.weight"] = merged_weight(layer, expert.z[name])
+            sd[f"{name}.weight"] = layer.merged_weight(expert.z[name]).detach()
             if bias is not None:
                 sd[f"{name}.bias"] = bias
         record = {

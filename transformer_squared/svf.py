@@ -1,20 +1,31 @@
-"""Singular Value Fine-tuning: where z gets applied.
+"""Singular Value Fine-tuning: where z gets applied, in every mode.
 
-An expert scales the singular values of each adapted matrix, W' = U diag(σ ⊙ z) Vᵀ (SPEC §1). We always
-compute it in the mathematically identical *delta form*
+An expert scales the singular values of each adapted matrix, W' = U diag(σ ⊙ z) Vᵀ (SPEC §1). `apply_z` below
+is the one function that turns z into weights or outputs, for everything in the library:
 
-    W' = W + U diag(σ ⊙ (z − 1)) Vᵀ
+    apply_z(U, σ, Vᵀ, z)          dense     U diag(s) Vᵀ        (m, n), fp32
+    apply_z(U, σ, Vᵀ, z, x)       factored  ((x V) ⊙ s) Uᵀ      (..., m), the matrix never formed
+    s = singular_scale(σ, z) = σ ⊙ (z − 1)  (delta=True, the default)   or   σ ⊙ z  (delta=False)
 
-because it is exact at z = 1 (the base model bit for bit, where recomposing U diag(σ) Vᵀ in fp32 is off by
-~1e-5) and because its factored form is cheap. `SVFLinear` wraps one nn.Linear (or GPT-2 Conv1D) and runs in
-one of four modes:
+(`apply_scale` is its second half, for callers that keep s.) Merged weights use the mathematically identical
+*delta form* W' = W + U diag(σ ⊙ (z − 1)) Vᵀ, because it is exact at z = 1 (the base model bit for bit, where
+recomposing U diag(σ) Vᵀ in fp32 is off by ~1e-6) and because its factored form is cheap. `SVFLinear` wraps one
+nn.Linear (or GPT-2 Conv1D), owns all of its state, and runs in one of four modes (`Mode`: other modules ask its
+properties, such as `plain_linear`, and call the layer's methods; they never set its state):
 
-- `base`:    the wrapped layer as it is (after `restore`, or before any expert);
-- `train`:   W' recomposed in every forward pass from a trainable parameter; gradients flow to z only;
-- `merged`:  dense W' written into the layer's weight in place, for full-speed inference; the original is
-             kept, so `restore` is bit-exact (no division, no subtraction);
-- `rows`:    every sequence in the batch carries its own z (serving mixed requests in one batch), computed
-             factored: y = x Wᵀ + b + ((x V) ⊙ σ(z_row − 1)) Uᵀ.
+- `BASE`:   the wrapped layer as it is (after `restore`, or before any expert);
+- `MERGED`: dense W' = W + apply_z(z) written into the layer's weight in place (`merged_weight`: fp32 math, cast
+            back, checked finite) for full-speed inference; the original is kept, so `restore` is bit-exact (no
+            subtraction). Used by `SVF.merge`, the weight cache (adaptation/cache.py stores and mixes these W'
+            and writes them back with `load_merged`), export (`SVFLinear.merged_weight`: the same W', the layer
+            untouched) and training rollouts (`SVF.merge_trainable`: W' of the trainable z, recomposed only
+            when z has changed);
+- `ROWS`:   every sequence in the batch carries its own z (serving mixed requests in one batch), factored:
+            y = x Wᵀ + b + apply_z(z_row, x), exact at z_row = 1;
+- `TRAIN`:  gradients flow to the trainable z only. The value is the merged layer's, y = x W'ᵀ + b (W' of the
+            current z, merged when z changes), and the backward is that of apply_z's factored form
+            (`_TrainLinear`): ∂L/∂z_i = σ_i Σ_t (x_t V)_i (∂L/∂y_t U)_i, with neither ∂L/∂W' (an out×in weight
+            gradient per micro-batch) nor its chain rule to z (out·in·r per step) ever formed.
 
 Parametrizations of the trainable z (the *effective* z is what experts store):
 - `direct` (default): z itself, initialised at 1. The model starts exactly at the base policy, z mixes
@@ -26,8 +37,9 @@ Parametrizations of the trainable z (the *effective* z is what experts store):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Iterator, Mapping
 
 import torch
@@ -38,7 +50,30 @@ from .svd import Factors
 from .targets import is_linear
 
 PARAMETRIZATIONS = ("direct", "reference")
-MODES = ("base", "train", "merged", "rows")
+
+
+class Mode(str, Enum):
+    """How an SVFLinear computes its output (the module docstring). A str enum: `Mode.ROWS == "rows"`."""
+
+    BASE = "base"
+    TRAIN = "train"
+    MERGED = "merged"
+    ROWS = "rows"
+
+    @property
+    def plain_linear(self) -> bool:
+        """The wrapped layer's weight alone computes the output (a decoding engine may use that weight directly)."""
+        return self in (Mode.BASE, Mode.MERGED)
+
+    @property
+    def has_row_state(self) -> bool:
+        """The output depends on per-row state set by `SVF.set_rows` (rows cannot be regrouped freely)."""
+        return self is Mode.ROWS
+
+    @property
+    def trains(self) -> bool:
+        """The output is differentiable in the trainable z."""
+        return self is Mode.TRAIN
 
 
 @dataclass(frozen=True)
@@ -56,9 +91,36 @@ class ZInit:
             raise T2Error(f"unknown parametrization {self.parametrization!r}; choose from {', '.join(PARAMETRIZATIONS)}")
 
 
+# -- the math: pure functions --------------------------------------------------------------------------------------
+def singular_scale(S: torch.Tensor, z: torch.Tensor, *, delta: bool = True) -> torch.Tensor:
+    """s = σ ⊙ (z − 1) (`delta`) or σ ⊙ z, in σ's dtype: the factor `apply_z` puts between U and Vᵀ."""
+    return S * (z.to(S.dtype) - 1.0) if delta else S * z.to(S.dtype)
+
+
+def apply_z(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None,
+            *, delta: bool = True) -> torch.Tensor:
+    """The one place z is applied: U diag(s) Vᵀ with s = σ ⊙ (z − 1) (`delta`) or σ ⊙ z, dense or applied to x.
+
+    U (m, r), S (r,), Vh (r, n). Without x: the (m, n) matrix, in the factors' dtype (fp32). With x (..., n): its
+    product with x without forming it, ((x V) ⊙ s) Uᵀ of shape (..., m), in x's dtype; z may then be (B, r), one
+    z per row of x (B, n) or (B, T, n). Differentiable in z and x (the training mode's gradient).
+    """
+    return apply_scale(U, singular_scale(S, z, delta=delta), Vh, x)
+
+
+def apply_scale(U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """`apply_z` after its first step, for callers that keep s = `singular_scale(σ, z)` (per-row serving)."""
+    if x is None:
+        return (U * s) @ Vh  # (m, r) * (r,) @ (r, n) -> (m, n)
+    if s.dim() == 2 and x.dim() == 3:
+        s = s[:, None, :]  # (B, 1, r): one z per sequence
+    h = x @ Vh.t().to(x.dtype)  # (..., n) @ (n, r) -> (..., r)
+    return (h * s.to(x.dtype)) @ U.t().to(x.dtype)  # (..., r) @ (r, m) -> (..., m)
+
+
 def delta_weight(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """ΔW = U diag(σ ⊙ (z − 1)) Vᵀ in fp32, shape (out, in): the one place the SVF delta is computed."""
-    return (U * (S * (z.float() - 1.0))) @ Vh  # (m, r) * (r,) @ (r, n) -> (m, n)
+    """ΔW = U diag(σ ⊙ (z − 1)) Vᵀ in fp32, shape (out, in) (`apply_z`, dense)."""
+    return apply_z(U, S, Vh, z.float())
 
 
 def reference_z(p: torch.Tensor, S: torch.Tensor, max_mult: float = 1.0) -> torch.Tensor:
@@ -76,8 +138,44 @@ def merged_weight(w: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.T
     return new.to(w.dtype)
 
 
+class _TrainLinear(torch.autograd.Function):
+    """TRAIN mode's linear: y = x W'ᵀ + b with W' = W + apply_z(z) already merged into the weight, so its value
+    is exactly the merged layer's (the rollouts' own weights; the base layer bit for bit at z = 1), and the
+    backward of `apply_z`'s factored form, so neither ∂L/∂W' nor a chain rule through it is ever formed:
+
+        s = σ ⊙ z,  h = x V,  g = (∂L/∂y) U:   ∂L/∂s = Σ_tokens h ⊙ g,   ∂L/∂x = (g ⊙ s) Vᵀ  or  (∂L/∂y) W'
+
+    (autograd takes ∂L/∂s on to z through s = σ ⊙ z and either parametrization). ∂L/∂s is the exact derivative
+    of the forward. ∂L/∂x takes whichever form costs less once g exists: (g ⊙ s) Vᵀ, r·in multiply-adds per
+    token, when out > in (r = in), else (∂L/∂y) W', out·in = r·in; the factored form leaves out the SVD's
+    reconstruction error W − U diag(σ) Vᵀ, so gradients match the dense chain rule to ~1e-6 relative.
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, w, bias, U, Vh):  # x (..., n), s (r,), w (m, n), U (m, r), Vh (r, n)
+        ctx.save_for_backward(x, s, w, U, Vh)
+        return nn.functional.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, dy):  # dy (..., m)
+        x, s, w, U, Vh = ctx.saved_tensors
+        g = dy @ U.to(dy.dtype)  # (..., r)
+        h = x @ Vh.t().to(x.dtype)  # (..., r)
+        ds = (h.float() * g.float()).reshape(-1, s.numel()).sum(0)  # (r,), fp32 accumulation
+        dx = None
+        if ctx.needs_input_grad[0]:
+            factored = w.shape[0] > w.shape[1]  # out > in: r = in, so r·in < out·in
+            dx = (g * s.to(g.dtype)) @ Vh.to(g.dtype) if factored else dy @ w  # (..., n)
+        return dx, ds.to(s.dtype), None, None, None, None
+
+
 class SVFLinear(nn.Module):
-    """An nn.Linear / Conv1D whose singular values an expert can rescale (see the module docstring)."""
+    """An nn.Linear / Conv1D whose singular values an expert can rescale (see the module docstring).
+
+    Its state (mode, the original weight while merged, per-row z, the trainable z) changes only through its
+    methods: `merge`, `load_merged`, `restore`, `set_rows`, `select_rows`, `start_training`, `merge_trainable`,
+    `resume_training`, `as_base`.
+    """
 
     def __init__(self, base: nn.Module, factors: Factors):
         super().__init__()
@@ -92,14 +190,24 @@ class SVFLinear(nn.Module):
         m, n = factors.shape
         if tuple(self.weight_matrix().shape) != (m, n):
             raise T2Error(f"SVD factors of shape {(m, n)} do not fit a weight of shape {tuple(self.weight_matrix().shape)}")
-        self.mode = "base"
-        self.param: nn.Parameter | None = None  # trainable (train mode): z (direct) or p (reference)
+        self._mode = Mode.BASE
+        self.param: nn.Parameter | None = None  # trainable z (direct) or p (reference), while training
         self.parametrization = "direct"
         self.max_mult = 1.0
-        self._orig: torch.Tensor | None = None  # the original weight while merged
-        self.row_scale: torch.Tensor | None = None  # (B, r): σ ⊙ (z_row − 1), rows mode
+        self._orig: torch.Tensor | None = None  # the original weight while the weight holds anything else
+        self._merged_z: torch.Tensor | None = None  # the effective z the weight holds W' of (training)
+        self._row_scale: torch.Tensor | None = None  # (B, r): σ ⊙ (z_row − 1), ROWS mode
 
     # -- shapes and matrices -------------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def row_scale(self) -> torch.Tensor | None:
+        """ROWS mode: (B, r), row b's σ ⊙ (z_b − 1) (read-only; set through `SVF.set_rows`)."""
+        return self._row_scale
+
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
@@ -116,12 +224,23 @@ class SVFLinear(nn.Module):
         """W as (out, in), a view of the stored weight."""
         return self.base.weight.t() if self.transposed else self.base.weight
 
+    def original_weight(self) -> torch.Tensor:
+        """The base weight in storage layout, whatever the mode (do not write to it)."""
+        return self._orig if self._orig is not None else self.base.weight
+
     def delta(self, z: torch.Tensor) -> torch.Tensor:
         """ΔW = U diag(σ ⊙ (z − 1)) Vᵀ in fp32, shape (out, in)."""
         return delta_weight(self.U, self.S, self.Vh, z)
 
+    def merged_weight(self, z: torch.Tensor) -> torch.Tensor:
+        """W' = W + ΔW(z) in storage layout and the weight's dtype, as `merge` writes it; the layer is untouched."""
+        orig = self.original_weight()
+        w = orig.t() if self.transposed else orig  # (out, in)
+        new = merged_weight(w, self.U, self.S, self.Vh, z)
+        return (new.t() if self.transposed else new).contiguous()
+
     def effective_z(self) -> torch.Tensor:
-        """The effective multipliers of the trainable parameter (train mode)."""
+        """The effective multipliers of the trainable parameter (ones when there is none)."""
         if self.param is None:
             return torch.ones_like(self.S)
         if self.parametrization == "direct":
@@ -130,39 +249,119 @@ class SVFLinear(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode in ("base", "merged"):
+        if self._mode.plain_linear:
             return self.base(x)
-        if self.mode == "train":
-            w = self.weight_matrix().float() + self.delta(self.effective_z())  # (out, in), fp32
-            w = w.to(x.dtype)
-            return nn.functional.linear(x, w, self.bias)
-        # rows: x (B, T, n) or (B, n); row_scale (B, r)
-        y = self.base(x)
-        if self.row_scale is None:
+        if self._mode is Mode.TRAIN:
+            z = self.effective_z()
+            self._sync_trainable(z.detach())
+            s = singular_scale(self.S, z, delta=False)  # (r,): σ ⊙ z, differentiable in the trainable z
+            return _TrainLinear.apply(x, s, self.weight_matrix(), self.bias, self.U, self.Vh)
+        y = self.base(x)  # ROWS: x (B, T, n) or (B, n); the per-row term in fp32
+        if self._row_scale is None:
             return y
-        h = x.float() @ self.Vh.t()  # (B, T, r)
-        scale = self.row_scale if x.dim() == 2 else self.row_scale[:, None, :]  # (B, 1, r)
-        return y + ((h * scale) @ self.U.t()).to(y.dtype)  # (B, T, m)
+        return y + apply_scale(self.U, self._row_scale, self.Vh, x.float()).to(y.dtype)  # (B, T, m)
 
-    # -- merged mode ---------------------------------------------------------------------------------------
+    # -- state changes -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _write(self, weight: torch.Tensor) -> None:
+        """Put `weight` (storage layout) into the layer, keeping the original so `restore` is exact."""
+        if self._orig is None:
+            self._orig = self.base.weight.detach().clone()
+        self.base.weight.copy_(weight)
+        self._row_scale = None
+        self._mode = Mode.MERGED
+
     @torch.no_grad()
     def merge(self, z: torch.Tensor) -> None:
         """Write W' = W + ΔW(z) into the weight in place (computed in fp32, cast back, checked finite)."""
-        if self._orig is None:
-            self._orig = self.base.weight.detach().clone()
-        w = self._orig.t() if self.transposed else self._orig
-        new = merged_weight(w, self.U, self.S, self.Vh, z)
-        self.base.weight.copy_(new.t() if self.transposed else new)
-        self.mode = "merged"
+        self.param, self._merged_z = None, None
+        self._merge(z)
+
+    def _merge(self, z: torch.Tensor) -> None:
+        if bool((z == 1).all()):  # W' = W exactly: skip the m·n·r recomposition
+            self._write(self.original_weight())
+        else:
+            self._write(self.merged_weight(z))
+
+    def load_merged(self, weight: torch.Tensor) -> None:
+        """Write a W' computed earlier by `merged_weight` (or a mix of such W'), e.g. from a weight cache."""
+        self.param, self._merged_z = None, None
+        self._write(weight)
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Back to the base weights, bit for bit, from any mode."""
+        """Back to the base weights, bit for bit, from any mode (a trainable z is dropped)."""
         if self._orig is not None:
             self.base.weight.copy_(self._orig)
             self._orig = None
-        self.row_scale = None
-        self.mode = "base"
+        self.param, self._merged_z, self._row_scale = None, None, None
+        self._mode = Mode.BASE
+
+    def set_rows(self, z_table: torch.Tensor, index: torch.Tensor) -> None:
+        """ROWS mode: row b uses z_table[index[b]] (z_table (K, r); a row of ones is the base layer)."""
+        self.restore()
+        # One scale per distinct z, gathered per row (a server calls this whenever rows join its batch).
+        table = singular_scale(self.S, z_table.to(self.S.device).float())  # (K, r)
+        self._row_scale = table[index.to(self.S.device)]  # (B, r)
+        self._mode = Mode.ROWS
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the given rows of the per-row state (when a generation engine drops finished rows)."""
+        if self._row_scale is not None:
+            self._row_scale = self._row_scale.index_select(0, index.to(self._row_scale.device))
+
+    # -- training ------------------------------------------------------------------------------------------
+    def start_training(self, value: torch.Tensor, parametrization: str = "direct",
+                       max_mult: float = 1.0) -> nn.Parameter:
+        """TRAIN mode from the base weights, with a new trainable z (direct) or p (reference) set to `value`."""
+        self.restore()
+        self.parametrization, self.max_mult = parametrization, max_mult
+        self.param = nn.Parameter(value.detach().float().clone().to(self.S.device))
+        self._mode = Mode.TRAIN
+        return self.param
+
+    @torch.no_grad()
+    def merge_trainable(self) -> None:
+        """MERGED mode with W' of the trainable z (kept trainable); no recomposition when z is unchanged."""
+        if self.param is None:
+            raise T2Error("this SVF layer has no trainable z; call SVF.train_mode first")
+        self._sync_trainable(self.effective_z().detach())
+        self._mode = Mode.MERGED
+
+    @torch.no_grad()
+    def _sync_trainable(self, z: torch.Tensor) -> None:
+        """Make the weight hold W' of the trainable z (recomposed only if z changed since the last time)."""
+        if self._merged_z is not None and torch.equal(z, self._merged_z):
+            return
+        mode = self._mode
+        try:
+            self._merge(z)
+        except T2Error:
+            raise T2Error("training diverged: W' is not finite; lower --lr or keep --grad-clip") from None
+        self._merged_z, self._mode = z.clone(), mode
+
+    def resume_training(self) -> None:
+        """TRAIN mode again for the trainable z (a weight merged by `merge_trainable` is kept for later)."""
+        if self.param is None:
+            raise T2Error("this SVF layer has no trainable z; call SVF.train_mode first")
+        self._mode = Mode.TRAIN
+
+    @contextmanager
+    def as_base(self) -> Iterator[None]:
+        """Temporarily the base layer (by copies, no recomposition), then exactly the state it had."""
+        mode, current = self._mode, None
+        with torch.no_grad():
+            if self._orig is not None:
+                current = self.base.weight.detach().clone()
+                self.base.weight.copy_(self._orig)
+        self._mode = Mode.BASE
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                if current is not None:
+                    self.base.weight.copy_(current)
+            self._mode = mode
 
 
 def wrap(model: nn.Module, factors: Mapping[str, Factors]) -> dict[str, SVFLinear]:
@@ -250,19 +449,33 @@ class SVF:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         params = []
         for n, m in self.layers.items():
-            m.restore()
             if isinstance(init, Mapping):
-                value, m.parametrization = init[n].detach().float().clone(), "direct"
+                params.append(m.start_training(init[n], "direct"))
             elif init.parametrization == "direct":
-                value = torch.ones(m.rank) + init.noise * torch.randn(m.rank, generator=gen)
-                m.parametrization = "direct"
+                params.append(m.start_training(torch.ones(m.rank) + init.noise * torch.randn(m.rank, generator=gen)))
             else:
                 value = init.p_mean + init.p_std * torch.randn(m.rank, generator=gen)
-                m.parametrization, m.max_mult = "reference", init.max_mult
-            m.param = nn.Parameter(value.to(m.S.device))
-            m.mode = "train"
-            params.append(m.param)
+                params.append(m.start_training(value, "reference", init.max_mult))
         return params
+
+    def merge_trainable(self) -> None:
+        """Every layer computes with W' of its trainable z merged into its weight (rollouts, evaluation): full
+        inference speed, recomposed only for layers whose z changed since their last merge."""
+        for m in self.layers.values():
+            m.merge_trainable()
+
+    def resume_training(self) -> None:
+        """Every layer applies its trainable z factored again, differentiably (the gradient pass)."""
+        for m in self.layers.values():
+            m.resume_training()
+
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """Temporarily the base model (e.g. the KL reference inside a gradient pass), then the state as it was."""
+        with ExitStack() as stack:
+            for m in self.layers.values():
+                stack.enter_context(m.as_base())
+            yield
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The raw trainable tensors (z or p), for checkpoints."""
@@ -283,13 +496,11 @@ class SVF:
         """Write W' for every layer (restoring any previous merge first)."""
         self._check(z)
         for n, m in self.layers.items():
-            m.param = None
             m.merge(z[n])
 
     def restore(self) -> None:
         """All layers back to the base weights, bit-exact, in base mode."""
         for m in self.layers.values():
-            m.param = None
             m.restore()
 
     @contextmanager
@@ -307,8 +518,7 @@ class SVF:
     # -- rows ----------------------------------------------------------------------------------------------
     def set_rows(self, zs: list[Mapping[str, torch.Tensor] | None]) -> None:
         """Per-row mode: row b of the next batches uses expert zs[b] (None: the base weights)."""
-        # One scale per distinct expert, gathered per row: a server calls this whenever rows join its batch, and
-        # many rows share few experts (index 0: the base weights, scale 0).
+        # One z per distinct expert, gathered per row by the layers: many rows share few experts.
         distinct: dict[int, int] = {}
         for z in zs:
             if z is not None and id(z) not in distinct:
@@ -317,15 +527,12 @@ class SVF:
         table_z = [z for z in {id(z): z for z in zs if z is not None}.values()]
         index = torch.tensor([0 if z is None else distinct[id(z)] for z in zs], dtype=torch.long)
         for n, m in self.layers.items():
-            m.restore()
-            table = torch.zeros(len(table_z) + 1, m.rank, device=m.S.device)  # (K + 1, r)
+            table = torch.ones(len(table_z) + 1, m.rank)  # (K + 1, r); row 0: z = 1, the base weights
             for k, z in enumerate(table_z, 1):
-                table[k] = m.S * (z[n].to(m.S.device).float() - 1.0)
-            m.row_scale = table[index.to(m.S.device)]  # (B, r)
-            m.mode = "rows"
+                table[k] = z[n].float()
+            m.set_rows(table, index)
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the given rows of the per-row state (when a generation engine drops finished rows)."""
         for m in self.layers.values():
-            if m.row_scale is not None:
-                m.row_scale = m.row_scale.index_select(0, index.to(m.row_scale.device))
+            m.select_rows(index)

@@ -93,3 +93,43 @@ def test_starts_as_the_base_model_and_gives_it_back_bit_for_bit():
     after = dict(lm.model.named_parameters())
     assert set(after) == set(weights), "SVF wrappers must be gone"
     assert all(torch.equal(after[n], w) for n, w in weights.items())
+
+
+@pytest.mark.parametrize("parametrization", ["direct", "reference"])
+def test_rollouts_use_the_expert_merge_of_the_current_z_bit_for_bit(parametrization):
+    lm, pol = policy(parametrization)
+    layers = pol.am.svf.layers
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    pol.after_update()
+    with pol.generating():
+        rollout = {n: m.weight.detach().clone() for n, m in layers.items()}
+        versions = [m.weight._version for m in layers.values()]
+    z = pol.effective_z()
+    for n, m in layers.items():
+        assert torch.equal(rollout[n], m.merged_weight(z[n])), n  # what SVF.merge / t2 eval --expert would use
+    with pol.grad_pass():
+        loss_of(lm.model).backward()
+    with pol.generating():  # z unchanged since the last merge: nothing is recomposed or rewritten
+        assert [m.weight._version for m in layers.values()] == versions
+
+
+def test_a_reference_pass_inside_the_gradient_pass_changes_no_gradient():
+    lm, pol = policy()
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.mul_(1.2)
+    with pol.grad_pass():
+        loss_of(lm.model).backward()
+    plain = [p.grad.clone() for p in pol.parameters()]
+    for p in pol.parameters():
+        p.grad = None
+    with pol.grad_pass():
+        with pol.reference():  # the KL term's base pass, before the policy's forward (as the loop does)
+            base = logits(lm.model)
+        loss_of(lm.model).backward()
+    for p, g in zip(pol.parameters(), plain):
+        assert torch.equal(p.grad, g)
+    lm2 = tiny_lm()
+    assert torch.equal(base, logits(lm2.model))

@@ -88,8 +88,13 @@ def test_gradients_equal_the_pinned_ones(case):
     assert len(got) > 1
     for name, g in got.items():
         want = pinned[_key(case, name)]
-        assert want.abs().max() > 0, "a pinned gradient of zero would check nothing"
-        torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-4, msg=lambda m: f"{case} {name}: {m}")
+        scale = float(want.abs().max())
+        assert scale > 0, "a pinned gradient of zero would check nothing"
+        # Float tolerance: the factored backward leaves out the SVD's reconstruction error (~1e-6 relative, seen
+        # up to 2.5e-6); a wrong term (σ, U/V swapped, the parametrization's chain rule, a lost micro-batch) is
+        # off by far more than 1e-3.
+        torch.testing.assert_close(g, want, atol=2e-5 * scale, rtol=1e-4, msg=lambda m: f"{case} {name}: {m}")
+        assert float((g - want).norm() / want.norm()) < 1e-5, (case, name)
 
 
 def write() -> None:

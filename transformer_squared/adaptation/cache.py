@@ -12,8 +12,10 @@ and the last term is the fp32 reconstruction error of the SVD (~1e-6 relative), 
 mix is Σ_k α_k W'_k (fp32 accumulation, cast back): K axpys instead of a recomposition; off by at most
 |1 − Σα| × that reconstruction error for free (unnormalised) α.
 
-Writing cached weights relies on SVFLinear's merge contract (svf.py): while merged, `_orig` holds the original
-weight and `restore()` copies it back, bit-exact. Keys are digests of z, so an expert is never served stale W'.
+Every W' here was computed by svf.py (`SVF.merge`, i.e. `apply_z`, the one place z is applied) or is a mix of such
+W'; cached weights go back in through `SVFLinear.load_merged`, under SVFLinear's merge contract: the layer keeps
+the original weight and `restore()` copies it back, bit-exact. Keys are digests of z, so an expert is never served
+stale W'.
 The cache belongs to one model: weights changed by anything else (training) invalidate it (`clear()`).
 """
 
@@ -27,7 +29,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..experts import Expert
-from ..svf import SVF, SVFLinear
+from ..svf import SVF, Mode
 
 # 2 GiB: SmolLM2-135M's three experts and the dispatch expert in fp32 (318 MB each), so the classifier strategy's
 # pass-1/pass-2 switching never evicts (at 1 GiB, four experts in a three-entry LRU re-merge on every chunk).
@@ -52,17 +54,6 @@ def expert_key(expert: Expert) -> str:
         key = z_digest(expert.z)
         object.__setattr__(expert, "_t2_digest", key)
     return key
-
-
-@torch.no_grad()
-def _write(layer: SVFLinear, weight: torch.Tensor) -> None:
-    """Put a precomputed W' into the layer as SVFLinear.merge would (original kept in `_orig`)."""
-    if layer._orig is None:
-        layer._orig = layer.base.weight.detach().clone()
-    layer.param = None
-    layer.row_scale = None
-    layer.base.weight.copy_(weight)
-    layer.mode = "merged"
 
 
 class WeightCache:
@@ -101,8 +92,8 @@ class WeightCache:
         """Whether the layers really hold what `current` says (someone else may have merged or restored)."""
         if key != self.current or self._seen != self._versions():
             return False
-        want = "base" if key is None else "merged"
-        return all(m.mode == want for m in self.svf.layers.values())
+        want = Mode.BASE if key is None else Mode.MERGED
+        return all(m.mode is want for m in self.svf.layers.values())
 
     def _store(self, key: str) -> None:
         size = self.entry_bytes()
@@ -124,7 +115,7 @@ class WeightCache:
         elif key in self._entries:
             self._entries.move_to_end(key)
             for n, m in self.svf.layers.items():
-                _write(m, self._entries[key][n])
+                m.load_merged(self._entries[key][n])
             self.stats["hits"] += 1
         else:
             self.svf.merge(expert.z)
@@ -159,7 +150,7 @@ class WeightCache:
                     acc.add_(entry[n].float(), alpha=float(table[k, j]))
                 if not torch.isfinite(acc).all():
                     raise ValueError("mixed weights are not finite")
-                _write(layer, acc.to(layer.base.weight.dtype))
+                layer.load_merged(acc.to(layer.base.weight.dtype))
         else:
             z = {n: sum(float(table[k, j]) * e.z[n] for k, e in enumerate(experts)) for j, n in enumerate(names)}
             self.svf.merge(z)

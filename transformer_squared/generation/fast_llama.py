@@ -54,7 +54,7 @@ def _plain_linear(m) -> nn.Linear | None:
     """The nn.Linear whose weight computes `m`'s output as the model stands, or None (any other layer)."""
     if type(m) is nn.Linear:
         return m
-    if isinstance(m, SVFLinear) and m.mode in ("base", "merged") and type(m.base) is nn.Linear:
+    if isinstance(m, SVFLinear) and m.mode.plain_linear and type(m.base) is nn.Linear:
         return m.base
     return None
 
@@ -215,7 +215,7 @@ class LlamaRunner:
         self.key_bias[n : n + G] = 0
         self.key_bias[n : n + G, 0, 0, : t - T] = float("-inf")
         self.key_bias[n : n + G, 0, 0, t - T : t].masked_fill_(~mask, float("-inf"))
-        split = split and not any(isinstance(m, SVFLinear) and m.mode == "rows" for m in self.model.modules())
+        split = split and not any(isinstance(m, SVFLinear) and m.mode.has_row_state for m in self.model.modules())
         groups = _length_groups(lengths.tolist()) if split else [list(range(G))]
         logits: list[torch.Tensor | None] = [None] * G
         for rows in groups:

@@ -10,20 +10,14 @@ A policy owns a model whose weights it can present in three ways:
 plus `after_update()` (parameters changed), `state()` / `load_state()` for checkpoints, `save(dir, meta)` for
 the expert, and `close()` to give the base model back untouched.
 
-SVF, and why it keeps W' merged. Recomposing W' = W + U diag(σ ⊙ (z − 1)) Vᵀ costs m·n·r multiply-adds per
-matrix (≈ 46 G for SmolLM2's 90 MLP matrices), about as much as a forward pass over 350 tokens. The SVF
-layers' own `train` mode pays it in every forward (and again in backward), i.e. once per micro-batch and once
-more to merge for rollouts. Here W' is written into the layer weights at most once per optimizer step (fp32,
-cast back, checked finite, the originals kept so restoring is exact; lazily, before the weights are next
-used), and used as it is by rollouts, by the gradient pass and by evaluation. The gradient pass lets
-autograd produce G = ∂L/∂W' for each adapted weight (accumulating over micro-batches), then maps it to z
-once per step with the exact chain rule
-
-    ∂L/∂z_i = σ_i · u_iᵀ G v_i = σ_i · ((Uᵀ G) ⊙ Vᵀ)_i summed over columns       (m·n·r, once per step)
-
-and hands ∂L/∂z_eff to autograd so either parametrization (direct z, or the paper code's sigmoid + rescale)
-gets its gradient. `reference()` swaps the original weights in and W' back out by copying (no recomposition).
-Tests check this gradient against the SVF layers' own `train` mode.
+SVF. The layers themselves apply z (svf.py, `apply_z`, the one place for every mode); this policy only switches
+them: `generating()` merges W' of the current z into the weights (`SVF.merge_trainable`: fp32, cast back, checked
+finite, the originals kept; recomposed only when z has changed since the last merge, i.e. at most once per
+optimizer step), so rollouts and evaluation run at full inference speed; `grad_pass()` puts the layers in their
+TRAIN mode, which applies z factored, ((x V) ⊙ σz) Uᵀ, and autograd takes ∂L/∂z through it, accumulating over
+micro-batches like any parameter's gradient, for either parametrization (direct z, or the paper code's sigmoid +
+rescale). Neither W' nor ∂L/∂W' is formed in the gradient pass (bench/README.md, bench_training, has the cost).
+`reference()` swaps the original weights in and the state back out by copying (no recomposition).
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ import torch
 from torch import nn
 
 from ..adapted import AdaptedModel
-from ..errors import T2Error
 from ..experts import Expert
 from ..plots import optional_plot, plot_expert
 from ..svf import ZInit
@@ -59,7 +52,7 @@ class TrainablePolicy(Protocol):
 
 
 class SVFPolicy:
-    """SVF expert training on an `AdaptedModel` (see the module docstring for the merged-weight scheme)."""
+    """SVF expert training on an `AdaptedModel` (see the module docstring)."""
 
     method = "svf"
 
@@ -67,83 +60,28 @@ class SVFPolicy:
         self.am = am
         self.model = self.generation_model = am.model
         self.params = am.svf.train_mode(init, seed=seed)  # creates z (or p) in every layer, freezes the rest
-        self.layers = list(am.svf.layers.values())
-        for m in self.layers:
-            m.mode = "base"  # the layer calls its wrapped weight, which holds W' (written by `_sync`)
-        self._orig = [m.base.weight.detach().clone() for m in self.layers]
-        self._stale = True
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.params)
 
     def after_update(self) -> None:
-        """z changed: W' is rewritten before the weights are next used (a run's last update may need none)."""
-        self._stale = True
-
-    @torch.no_grad()
-    def _sync(self) -> None:
-        """Write W' = W + ΔW(z) for the current z into every adapted weight (fp32 math, cast back)."""
-        if not self._stale:
-            return
-        self._stale = False
-        for m, orig in zip(self.layers, self._orig):
-            z = m.effective_z()
-            if bool((z == 1).all()):  # W' = W exactly; skip the m·n·r recomposition (e.g. at the start)
-                m.base.weight.copy_(orig)
-                continue
-            w = (orig.t() if m.transposed else orig).float() + m.delta(z)  # (out, in)
-            if not torch.isfinite(w).all():
-                raise T2Error("training diverged: W' is not finite; lower --lr or keep --grad-clip")
-            m.base.weight.copy_((w.t() if m.transposed else w).to(orig.dtype))
+        """Nothing to do: each layer compares z with the z of its merged W' before the weights are next used."""
 
     @contextmanager
     def generating(self) -> Iterator[None]:
-        self._sync()
+        self.am.svf.merge_trainable()
         with torch.no_grad():
             yield
 
     @contextmanager
     def reference(self) -> Iterator[None]:
-        self._sync()
-        with torch.no_grad():
-            current = [m.base.weight.detach().clone() for m in self.layers]
-            for m, orig in zip(self.layers, self._orig):
-                m.base.weight.copy_(orig)
-            try:
-                yield
-            finally:
-                for m, w in zip(self.layers, current):
-                    m.base.weight.copy_(w)
+        with self.am.svf.base_weights(), torch.no_grad():
+            yield
 
     @contextmanager
     def grad_pass(self) -> Iterator[None]:
-        self._sync()
-        for m in self.layers:
-            m.base.weight.requires_grad_(True)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            grads = []
-            for m in self.layers:
-                grads.append(m.base.weight.grad)
-                m.base.weight.grad = None
-                m.base.weight.requires_grad_(False)
-            if ok:
-                self._grads_to_z(grads)
-
-    def _grads_to_z(self, grads: list[torch.Tensor | None]) -> None:
-        zs, dzs = [], []
-        for m, g in zip(self.layers, grads):
-            if g is None:
-                continue
-            G = (g.t() if m.transposed else g).float()  # (out, in) = (m, n)
-            dz = m.S * ((m.U.t() @ G) * m.Vh).sum(dim=1)  # (r, m) @ (m, n) ⊙ (r, n) → (r,)
-            zs.append(m.effective_z())
-            dzs.append(dz)
-        if zs:
-            torch.autograd.backward(zs, dzs)
+        self.am.svf.resume_training()
+        yield
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in self.am.svf.trainable_state().items()}
@@ -161,7 +99,7 @@ class SVFPolicy:
         (0 at the start; the per-step metric that tells "the lr is too small to move z" from "z moved, the
         policy did not")."""
         total, n = 0.0, 0
-        for m in self.layers:
+        for m in self.am.svf.layers.values():
             z = m.effective_z()
             total += float((z - 1).abs().sum())
             n += z.numel()
@@ -175,9 +113,6 @@ class SVFPolicy:
         optional_plot(plot_expert, z, Path(directory) / "z.png", title=f"{meta.get('name', 'expert')}: mean |z − 1|")
         return Path(directory)
 
-    @torch.no_grad()
     def close(self) -> None:
         """Put the base weights back bit for bit and unwrap the SVF layers: the model is as it was given."""
-        for m, orig in zip(self.layers, self._orig):
-            m.base.weight.copy_(orig)
         self.am.svf.detach()
