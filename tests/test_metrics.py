@@ -1,11 +1,12 @@
-"""metrics: the Wilson interval, and the paired statistics of `t2 compare` against published reference values."""
+"""metrics: accuracy summaries, the Wilson interval, and the paired statistics of `t2 compare`, against published
+reference values."""
 
 import math
 
 import pytest
 
-from transformer_squared.metrics import (mcnemar_exact_p, paired_comparison, paired_difference_interval,
-                                         wilson_interval)
+from transformer_squared.metrics import (accuracy_summary, format_accuracy, mcnemar_exact_p, paired_comparison,
+                                         paired_difference_interval, wilson_interval)
 
 
 def test_wilson_interval_reference_values():
@@ -13,6 +14,28 @@ def test_wilson_interval_reference_values():
     lo, hi = wilson_interval(81, 263)
     assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_summary_fields():
+    s = accuracy_summary([True, False, True, True])
+    assert (s["n"], s["correct"], s["accuracy"]) == (4, 3, 0.75)
+    lo, hi = s["ci95"]
+    assert lo == pytest.approx(0.30064, abs=1e-4) and hi == pytest.approx(0.95441, abs=1e-4)
+
+
+def test_wilson_edges():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and 0.25 < hi < 0.32             # never a zero-width interval at 0%
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and 0.68 < lo < 0.75
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_empty_and_format():
+    assert accuracy_summary([]) == {"n": 0, "correct": 0, "accuracy": 0.0, "ci95": [0.0, 1.0]}
+    assert format_accuracy(accuracy_summary([True] * 3 + [False])) == "75.00% (3/4, 95% CI 30.1-95.4)"
 
 
 def test_mcnemar_exact_p_is_the_two_sided_binomial_tail_on_the_discordant_pairs():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_generation import CharTokenizer, random_prompts, reference
+from tests.generation.test_engine import CharTokenizer, random_prompts, reference
 from transformer_squared.errors import T2Error
 from transformer_squared.generation import Engine, SamplingParams
 from transformer_squared.testing import tiny_model
@@ -16,7 +16,7 @@ from transformer_squared.testing import tiny_model
 @pytest.fixture(autouse=True)
 def one_thread():
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # outputs, not speed (see tests/test_generation.py)
+    torch.set_num_threads(1)  # outputs, not speed (see tests/generation/test_engine.py)
     yield
     torch.set_num_threads(before)
 

@@ -13,14 +13,10 @@ from transformer_squared.cli.main import main
 from transformer_squared.tasks import get_task
 from transformer_squared.tasks.runner import score_predictions
 
-SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
-
 
 @pytest.fixture(scope="module")
-def data():
-    if not (SHARED_DATA / "gsm8k" / "test.jsonl").is_file():
-        pytest.skip(f"benchmark data not found at {SHARED_DATA} (expected ../shared/data beside the repository)")
-    return SHARED_DATA
+def data(shared_data):
+    return shared_data
 
 
 def _predictions(path, rows):

@@ -17,7 +17,7 @@ import pytest
 openai = pytest.importorskip("openai")  # the serve extra and the client: installed by make setup
 pytest.importorskip("fastapi")
 
-from .conftest import free_port  # noqa: E402
+from tests.serving.conftest import free_port, tiny_experts_dir  # noqa: E402,F401  (serving's expert set, not adaptation's)
 
 
 def test_missing_extra_message():
