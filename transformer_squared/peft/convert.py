@@ -17,12 +17,16 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..errors import T2Error
 from ..experts import Expert
 from ..fileio import atomic_path
+from ..models import LoadedModel, load_model
+from ..svd import decompose, fingerprint, model_fingerprint
 from ..svf import reference_z
 from .config import PEFT_TYPE, SVFConfig
+from .layer import SVFLayer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -111,12 +115,6 @@ def peft_to_expert(adapter: str | Path, out: str | Path | None = None, *, model:
 
 
 def _reference_to_z(config: SVFConfig, p: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
-    from torch import nn
-
-    from ..models import LoadedModel, load_model
-    from ..svd import decompose, fingerprint, model_fingerprint
-    from .layer import SVFLayer
-
     if isinstance(model, nn.Module):  # the PEFT model that trained the adapter: its layers hold σ already
         layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if isinstance(m, SVFLayer)}
         if set(p) <= set(layers):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import enum
 import warnings
 
+from packaging.version import Version
+
 from ..errors import T2Error
 
 TESTED = ("0.21.2", "0.22")  # the range tested: >= first, < second (pyproject's `trl` extra pins the same)
@@ -27,8 +29,7 @@ def register() -> None:
         from peft.utils.peft_types import PeftType
     except ImportError:
         raise T2Error("SVF adapters for PEFT need peft: pip install 'transformer-squared[trl]'") from None
-    from packaging.version import Version
-
+    # config.py and model.py import peft at their top: imported after the check, a missing peft is one line
     from .config import PEFT_TYPE, SVFConfig
     from .model import SVFModel
 

@@ -16,17 +16,23 @@ import random
 import selectors
 import shutil
 import signal
+import site
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from ..errors import T2Error
 from .bootstrap import PRIVATE_TMP, proc_table
 
 log = logging.getLogger("transformer_squared.sandbox")
@@ -65,8 +71,6 @@ class SandboxLimits:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            from ..errors import T2Error
-
             raise T2Error(f"SandboxLimits: invalid {', '.join(bad)} ({self}); use positive values, memory_mb >= 32")
 
 
@@ -173,16 +177,10 @@ _WARNED: set[str] = set()
 
 def _need_linux() -> None:
     if not sys.platform.startswith("linux"):
-        from ..errors import T2Error
-
         raise T2Error(f"the code sandbox needs Linux (this is {sys.platform}); run evaluations on a Linux machine")
 
 
 def _pool(jobs: list[functools.partial], workers: int, progress: bool) -> list[SandboxResult]:
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
     results: dict[int, SandboxResult] = {}
     with (ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
           tqdm(total=len(jobs), desc="sandbox", disable=not progress) as bar):
@@ -653,17 +651,12 @@ def _sweep_uid(uid: int) -> None:
 
 @functools.cache
 def _site_packages() -> tuple[str, ...]:
-    import site
-
     return tuple(p for p in site.getsitepackages() if os.path.isdir(p))
 
 
 @functools.cache
 def _interpreter_paths() -> tuple[str, ...]:
     """Paths the dropped uid needs: the interpreter, its stdlib and site-packages."""
-    import site
-    import sysconfig
-
     paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, sysconfig.get_paths()["stdlib"]}
     paths.update(site.getsitepackages())
     exe = sys.executable

@@ -17,6 +17,7 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..models import resolve_device
 
 T = TypeVar("T")
 
@@ -41,8 +42,6 @@ class Dist:
 
 def pick_device(spec: str) -> torch.device:
     """`auto` → cuda:LOCAL_RANK when CUDA is available, else cpu; otherwise the named device."""
-    from ..models import resolve_device
-
     device = resolve_device(spec)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
