@@ -1,0 +1,2 @@
+# source: 8d01095
+.venv/bin/t2 train --task dispatch --experts experts --data-dir ../shared/data --method svf --objective rl --max-new-tokens 2 --eval-batch-size 64 --micro-batch-tokens 1024 --threads 1 --no-progress --valid-limit 60 --test-limit 150 --checkpoint-every 1 --json --samples-per-prompt 32 --temperature 1.0 --lr 2e-3 --schedule constant --steps 30 --batch-size 8 --eval-every 10 --out runs/rl-g32-loo
