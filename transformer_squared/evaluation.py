@@ -26,6 +26,13 @@ from .metrics import accuracy_summary
 from .tasks import Example, Task, Verdict, full_reply, get_task, prompt_ids
 
 
+# generation/precision.py's choices, here for the configs and flags that must not import torch to parse
+PRECISIONS = ("exact", "fast", "int8", "bf16")
+PRECISION_HELP = ("what the linear layers compute in: exact (the model's weights), int8 (CPU, dynamic quantisation), "
+                  "bf16, or fast (the faster of those on this device); a low precision changes some outputs "
+                  "(generation/precision.py)")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate; recorded in the summary so a result says how it was made."""
@@ -42,12 +49,15 @@ class EvalConfig:
                                                         "this much probability (1 = all)"})
     workers: int = field(default=2, metadata={"help": "parallel sandboxes for code tasks"})
     chunk: int = field(default=64, metadata={"help": "examples per generate/score/save round"})
+    precision: str = field(default="exact", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise T2Error(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1:
             raise T2Error(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise T2Error(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def select_examples(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
@@ -122,10 +132,12 @@ def evaluate(
     if split not in task.splits:
         raise T2Error(f"task {task.name} has no split {split!r}; it has {', '.join(task.splits)}")
     examples = select_examples(task.load(split, data_dir), config.limit, config.seed)
-    engine = engine or Engine(model, tokenizer, max_batch_size=config.batch_size)
+    engine = engine or Engine(model, tokenizer, max_batch_size=config.batch_size, precision=config.precision)
     params = sampling_params(task, config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                              seed=config.seed)
     run_config = {**asdict(config), "split": split, **(extra or {})}
+    if config.precision != "exact" and hasattr(engine, "compute_precision"):
+        run_config["compute_precision"] = engine.compute_precision  # what "fast" chose here
 
     records_path = Path(out_dir) / "records.jsonl" if out_dir else None
     done: dict[str, dict] = {}

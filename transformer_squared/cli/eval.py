@@ -45,6 +45,9 @@ def run(args) -> int:
 
         if args.expert:
             raise T2Error("give --expert E (one expert) or --experts DIR (self-adaptation), not both")
+        if config.precision != "exact":
+            raise T2Error("--precision applies to one model or one expert; the two-pass system (--experts) runs "
+                          "exact for now: drop --precision")
 
         return run_eval_adaptive(args, config, task)
     run_args = dict(config=config, task=task, data_dir=data_dir(args.data_dir), out_dir=args.out,

@@ -8,6 +8,8 @@ from .common import add_model_arg, quiet
 
 
 def register(sub) -> None:
+    from ..evaluation import PRECISION_HELP, PRECISIONS
+
     p = sub.add_parser("generate", help="answer a prompt with the base model or an expert")
     add_model_arg(p)
     p.add_argument("--expert", default=None, help="expert directory (default: the base model)")
@@ -18,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system", default=None, help="optional system message")
+    p.add_argument("--precision", default="exact", choices=PRECISIONS, help=f"{PRECISION_HELP} (default: exact)")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read standard input)")
     p.set_defaults(func=run)
 
@@ -41,6 +44,7 @@ def run(args) -> int:
         [{"role": "user", "content": prompt}]
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed)
-    out = Engine(lm.model, lm.tokenizer, max_batch_size=1).generate_chat([messages], params)[0]
+    engine = Engine(lm.model, lm.tokenizer, max_batch_size=1, precision=args.precision)
+    out = engine.generate_chat([messages], params)[0]
     print(out.text.strip())
     return 0

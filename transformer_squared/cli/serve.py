@@ -49,8 +49,11 @@ def run(args) -> int:
     args.batch_size = config.max_batch_size  # the engine's batch is the server's
     quiet()
     sam = build_model(args, progress=True)
+    sam.rt.engine.set_precision(config.precision)
     scheduler = Scheduler(sam, config)
-    stderr(f"t2 serve: models {', '.join(scheduler.model_ids)} (auto: {args.strategy} strategy) on "
+    engine = sam.rt.engine
+    low = f"; {engine.compute_precision} products" if engine.compute_precision != "exact" else ""
+    stderr(f"t2 serve: models {', '.join(scheduler.model_ids)} (auto: {args.strategy} strategy{low}) on "
            f"http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
     serve(scheduler, config, log_level=args.log_level)
     return 0

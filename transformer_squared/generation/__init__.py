@@ -14,8 +14,8 @@ Files: `params.py` (SamplingParams, Completion, GenerationStats), `sampling.py` 
 strings), `batch.py` (RunningBatch: the decode loop with per-row params, state, streaming and cancellation),
 `detokenize.py` (incremental text), `engine.py` (Engine: `generate` in chunks, `batch`), `fast_llama.py` (Llama /
 Mistral / Qwen2 forward over the model's modules with a preallocated KV cache that rows can join),
-`hf_runner.py` (any other causal LM through its HF forward), `vllm_backend.py` (optional, GPU, merged weights
-only).
+`hf_runner.py` (any other causal LM through its HF forward), `precision.py` (fast mode: int8 / bf16 products),
+`vllm_backend.py` (optional, GPU, merged weights only).
 
 Greedy output equals `model.generate(do_sample=False)` on each prompt alone, token for token, up to fp32
 rounding (padding and batch shape change the last bits of the logits, which can flip a rare near-tie).
@@ -30,6 +30,12 @@ wait for each other at every op): there, `torch.set_num_threads(1)` in the appli
 not change it.
 A bfloat16 model (`Engine(..., dtype=torch.bfloat16)`) is ~1.5x faster per step on CPUs with AVX512-BF16, but
 its greedy output is no longer identical to fp32's.
+
+Fast mode (`Engine(..., precision="fast")`, precision.py): the linear layers compute in int8 (x86 CPUs without
+native bf16) or bf16 (GPUs, CPUs with AMX / AVX512-BF16) from low-precision copies of the fp32 weights, the rest
+stays fp32; outputs change, so evaluation defaults to `precision="exact"`. For RL rollouts:
+`Engine(policy.generation_model, tokenizer, max_batch_size=B, precision="fast")` (the merged W' is re-quantised
+after each update, when the weights change).
 """
 
 from .batch import Row, RunningBatch

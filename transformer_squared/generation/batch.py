@@ -118,7 +118,8 @@ class RunningBatch:
         model = self.engine.model
         self._stack.callback(model.train, model.training)  # restored last
         model.eval()
-        self._stack.enter_context(packed_linears(model, self.engine.pack_weights))
+        self._stack.enter_context(packed_linears(model, self.engine.pack_weights,
+                                                 precision=getattr(self.engine, "compute_precision", "exact")))
         self._open = True
         return self
 

@@ -32,6 +32,7 @@ from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
 from .packed import packing_problem
 from .params import Completion, GenerationStats, SamplingParams
+from .precision import resolve_precision, weight_device_dtype
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -88,11 +89,15 @@ class Engine:
         runner: "auto" (fast path where supported, else HF forward), "fast" (fail if unsupported) or "hf".
         pack_weights: decode with oneDNN-packed copies of the fp32 `nn.Linear` weights on CPU (packed.py: ~1.3-3x
             faster linear layers at decoding batch sizes, one extra copy of those weights in memory, equal up to
-            float rounding). None (default) = wherever supported; False = never.
+            float rounding). None (default) = wherever supported; False = never (exact precision only).
+        precision: what the linear layers compute in (precision.py): "exact" (default: the model's weights),
+            "int8" (CPU, dynamic quantisation), "bf16", or "fast" (the faster of those this device has, else
+            exact). `self.compute_precision` is the one chosen, `self.precision_reason` why; `set_precision`
+            changes it later.
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, device=None, dtype=None, runner: str = "auto",
-                 pack_weights: bool | None = None):
+                 pack_weights: bool | None = None, precision: str = "exact"):
         if max_batch_size < 1:
             raise T2Error(f"max_batch_size must be >= 1, got {max_batch_size}")
         if runner not in ("auto", "fast", "hf"):
@@ -108,6 +113,20 @@ class Engine:
         self.pad_id = pad if pad is not None else min(self.eos, default=0)  # any id works: padding is masked
         self.stats = GenerationStats()
         self.pack_weights = pack_weights is not False and packing_problem(model) is None
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        """Compute the linear layers in `precision` from the next batch on (see the class docstring); an int8 or
+        bf16 that this device cannot run raises `T2Error`. Low-precision copies of the weights are made at the
+        first batch that uses them and kept (`packed.unpack(model)` frees them)."""
+        self.compute_precision, self.precision_reason = resolve_precision(precision, *weight_device_dtype(self.model))
+        self.precision = precision
+
+    @property
+    def precision_info(self) -> dict:
+        """{"precision": requested, "compute_precision": chosen, "reason": why}: for summaries and reports."""
+        return {"precision": self.precision, "compute_precision": self.compute_precision,
+                "reason": self.precision_reason}
 
     def new_runner(self, max_len: int):
         """A runner (its own KV cache) for sequences up to `max_len` tokens: the fast path where it applies."""
@@ -115,7 +134,8 @@ class Engine:
         if problem is not None and self.runner == "fast":
             raise T2Error(f"the fast generation path cannot run this model: {problem}; use runner='auto'")
         if problem is None:
-            return LlamaRunner(self.model, fuse_weights=self.pack_weights)
+            low = self.compute_precision != "exact"
+            return LlamaRunner(self.model, fuse_weights=self.pack_weights or low, precision=self.compute_precision)
         return HFRunner(self.model)
 
     def runner_fits(self, runner, max_len: int) -> bool:

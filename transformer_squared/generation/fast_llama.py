@@ -14,7 +14,8 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
 - with `fuse_weights` (the engine sets it where it packs weights, packed.py), projections that read the same
   input run as one packed product: q|k|v, and gate|up of the gated MLP, and decoding rotates q and k in one
   op. Only where those layers are plain `nn.Linear` as the model stands (or SVF layers in base / merged mode,
-  whose weight is the linear's): per-row SVF, LoRA and training-mode layers are called as modules;
+  whose weight is the linear's): per-row SVF, LoRA and training-mode layers are called as modules. With a
+  low `precision` (int8 / bf16, precision.py) the fused products run in it too, on any batch size;
 - RoPE as one roll with a sign-folded sin, and the fp32 RMSNorm inlined: the same ops as HF's, bit for bit;
 - prefill with `split` (the engine asks for it where no layer keeps per-row state) runs rows in groups of
   similar length, each padded to its own longest prompt only.
@@ -75,9 +76,9 @@ def _length_groups(lengths: list[int], waste: float = 0.1) -> list[list[int]]:
     return groups
 
 
-def _fusable_group(modules) -> list[nn.Linear] | None:
+def _fusable_group(modules, precision: str = "exact") -> list[nn.Linear] | None:
     linears = [_plain_linear(m) for m in modules]
-    return linears if all(m is not None for m in linears) and fusable(linears) else None
+    return linears if all(m is not None for m in linears) and fusable(linears, precision) else None
 
 
 def fast_path_problem(model, max_len: int) -> str | None:
@@ -133,7 +134,7 @@ class LlamaRunner:
     can_drop_rows = True
     can_join = True  # rows may join a running batch (`join`)
 
-    def __init__(self, model, *, fuse_weights: bool = False):
+    def __init__(self, model, *, fuse_weights: bool = False, precision: str = "exact"):
         self.model = model
         config = model.config
         base = model.model
@@ -144,6 +145,7 @@ class LlamaRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.n_rep = self.n_heads // self.n_kv
         self.fuse_weights = fuse_weights
+        self.precision = precision  # the fused products' kernel (exact, int8, bf16: precision.py)
         self.kv = self.key_bias = self.cos = self.sin = None
         self.n, self.length, self.pos, self.padded = 0, 0, None, False
         self.prefilled = 0  # prompts run through the last prefill
@@ -153,8 +155,8 @@ class LlamaRunner:
         shape do not allow it."""
         if not self.fuse_weights:
             return None
-        group = _fusable_group((attn.q_proj, attn.k_proj, attn.v_proj))
-        return fused_linear(attn, "qkv", group, h) if group is not None else None
+        group = _fusable_group((attn.q_proj, attn.k_proj, attn.v_proj), self.precision)
+        return fused_linear(attn, "qkv", group, h, self.precision) if group is not None else None
 
     def _qkv(self, attn, h: torch.Tensor):
         """The q, k and v projections of `h` (..., C): one packed product where the layers allow it."""
@@ -166,8 +168,8 @@ class LlamaRunner:
     def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
         """The layer's MLP on `h`, with gate and up as one packed product where the layers allow it."""
         if self.fuse_weights and type(mlp).__name__ in _GATED_MLPS:
-            group = _fusable_group((mlp.gate_proj, mlp.up_proj))
-            y = fused_linear(mlp, "gate_up", group, h) if group is not None else None
+            group = _fusable_group((mlp.gate_proj, mlp.up_proj), self.precision)
+            y = fused_linear(mlp, "gate_up", group, h, self.precision) if group is not None else None
             if y is not None:
                 gate, up = y.split([m.out_features for m in group], dim=-1)
                 return mlp.down_proj(mlp.act_fn(gate) * up)

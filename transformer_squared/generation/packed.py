@@ -24,6 +24,10 @@ packing them took a mixed-expert decoding step of SmolLM2 at batch 16 from ~1.7-
 `fused_linear` runs several layers that read the same input (q|k|v, gate|up) as one packed matrix product over
 their weights stacked side by side (the fast Llama path uses it): fewer, wider products, one packed copy.
 
+Low precision (`packed_linears(model, precision="int8" | "bf16")`, the engine's fast mode, precision.py): the
+same machinery keeps an int8 or bf16 copy instead (under the attribute name + ":int8" / ":bf16", on any batch
+size, bf16 on GPUs too), rebuilt on the same weight changes; per-row SVF terms stay exact.
+
 Cost: one extra copy of the linear weights in memory (`unpack(model)` frees it) and a re-pack after each weight
 change (~0.1 s per 100 MB). Copies of the model (`copy.deepcopy`, pickling) leave the packed copies behind.
 Results equal `F.linear` up to float rounding (a different summation order), which can flip a greedy token where
@@ -33,6 +37,7 @@ two logits tie to ~1e-6. Outside the context, or with gradients enabled, layers 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 
 import torch
@@ -40,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..svf import SVFLinear
+from . import precision as lowp
 
 # (weight and bias versions, packed weight, bias) on the module; fused copies add "_<name>", an SVF layer's
 # per-row factors "U" and "Vh"
@@ -76,17 +82,19 @@ def packing_problem(model) -> str | None:
     return None
 
 
-def _packable(m) -> bool:
-    return (type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+def _packable(m, precision: str = "exact") -> bool:
+    """A plain fp32 nn.Linear that the `precision` kernel can run (exact and int8: on CPU; bf16: anywhere)."""
+    return (type(m) is nn.Linear and m.weight.dtype == torch.float32
+            and (m.weight.device.type == "cpu" or precision == "bf16")
             and (m.bias is None or m.bias.dtype == torch.float32))
 
 
-def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _packed_forward(self: nn.Linear, x: torch.Tensor, precision: str = "exact") -> torch.Tensor:
     w = self.weight
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) or x.dtype != torch.float32 \
-            or w.dtype != torch.float32 or x.device.type != "cpu":
+            or w.dtype != torch.float32 or x.device != w.device:
         return F.linear(x, w, self.bias)
-    y = _packed_product(self, _ATTR, [self], x)
+    y = _packed_product(self, _ATTR, [self], x, precision)
     return F.linear(x, w, self.bias) if y is None else y
 
 
@@ -109,26 +117,33 @@ def _packed_matmul(owner: nn.Module, attr: str, weight: torch.Tensor, x: torch.T
     return F.linear(x, weight) if y is None else y
 
 
-def fusable(linears) -> bool:
-    """Whether `fused_linear` can run these layers: plain fp32 CPU nn.Linear of one input size, no gradients."""
-    return (not torch.is_grad_enabled() and all(_packable(m) for m in linears)
-            and len({m.in_features for m in linears}) == 1)
+def fusable(linears, precision: str = "exact") -> bool:
+    """Whether `fused_linear` can run these layers: plain fp32 nn.Linear of one input size that the `precision`
+    kernel runs (`_packable`), no gradients."""
+    return (not torch.is_grad_enabled() and all(_packable(m, precision) for m in linears)
+            and len({m.in_features for m in linears}) == 1 and len({m.weight.device for m in linears}) == 1)
 
 
-def fused_linear(owner: nn.Module, name: str, linears, x: torch.Tensor) -> torch.Tensor | None:
-    """`torch.cat([m(x) for m in linears], -1)` as one packed product, or None where the separate calls are the
-    faster choice (one row through small weights). The packed stack of the weights is kept on `owner` under
-    `name` and rebuilt when any of them changes; `unpack(model)` frees it. Call only where `fusable(linears)`."""
-    return _packed_product(owner, f"{_ATTR}_{name}", linears, x)
+def fused_linear(owner: nn.Module, name: str, linears, x: torch.Tensor,
+                 precision: str = "exact") -> torch.Tensor | None:
+    """`torch.cat([m(x) for m in linears], -1)` as one packed product (in `precision`: exact, int8 or bf16,
+    precision.py), or None where the separate calls are the faster choice (exact: one row through small
+    weights). The packed stack of the weights is kept on `owner` under `name` and rebuilt when any of them
+    changes; `unpack(model)` frees it. Call only where `fusable(linears, precision)`."""
+    return _packed_product(owner, f"{_ATTR}_{name}", linears, x, precision)
 
 
-def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor) -> torch.Tensor | None:
-    """x through `linears` side by side with one packed weight, kept on `owner` under `attr` and rebuilt when a
-    weight or bias is replaced or written in place (an SVF merge, an optimizer step); None for one row through
-    small weights, where the unpacked product is faster."""
+def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor,
+                    precision: str = "exact") -> torch.Tensor | None:
+    """x through `linears` side by side with one packed weight (exact: oneDNN fp32; int8 / bf16: precision.py's
+    kernels), kept on `owner` under `attr` and rebuilt when a weight or bias is replaced or written in place (an
+    SVF merge, an optimizer step); None (exact only) for one row through small weights, where the unpacked
+    product is faster."""
     weights = [m.weight for m in linears]
-    if x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
+    if precision == "exact" and x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
         return None
+    if precision != "exact":
+        attr = f"{attr}:{precision}"  # its own copy: one layer may run exact and fast in turn
     key = tuple((id(t), t.data_ptr(), t._version) for m in linears for t in (m.weight, m.bias) if t is not None)
     cached = owner.__dict__.get(attr)
     if cached is None or cached[0] != key:
@@ -137,30 +152,39 @@ def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor) -> to
         if any(m.bias is not None for m in linears):
             bias = torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(w.shape[0])
                               for m, w in zip(linears, weights)])
-        cached = _Packed((key, torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT), bias))
+        if precision == "exact":
+            cached = _Packed((key, torch.ops.mkldnn._reorder_linear_weight(stacked, BATCH_HINT), bias))
+        else:
+            cached = _Packed((key, lowp.prepare(precision, stacked, bias)))
         owner.__dict__[attr] = cached
+    if precision != "exact":
+        return lowp.run(cached[1], x)
     return torch.ops.mkldnn._linear_pointwise(x, cached[1], cached[2], "none", [], "")
 
 
 @contextlib.contextmanager
-def packed_linears(model, enabled: bool = True):
+def packed_linears(model, enabled: bool = True, precision: str = "exact"):
     """Within the block, the model's plain fp32 `nn.Linear` layers, and the per-row term of SVF layers in rows
-    mode, compute with packed weights (see module doc)."""
-    if not enabled or packing_problem(model) is not None:
+    mode, compute with packed weights (see module doc). `precision` (a resolved one: exact, int8 or bf16,
+    precision.py): the kernel of the linear layers; the per-row SVF term stays exact. `enabled=False` turns off
+    exact packing only: a low precision always patches the layers (it is their only way to run)."""
+    exact = precision == "exact"
+    if exact and (not enabled or packing_problem(model) is not None):
         yield False
         return
     patched = []
+    pack_rows = packing_problem(model) is None
     try:
         for m in model.modules():
             if "forward" in m.__dict__:
                 continue
-            if _packable(m):
-                m.forward = types.MethodType(_packed_forward, m)
+            if _packable(m, precision):
+                m.forward = functools.partial(_packed_forward, m, precision=precision)
                 patched.append(m)
-            elif isinstance(m, SVFLinear):  # only its per-row term; its base layer is packed as a linear
-                m.forward = types.MethodType(_packed_svf_forward, m)
+            elif isinstance(m, SVFLinear) and pack_rows:  # only its per-row term; its base layer is patched as a
+                m.forward = types.MethodType(_packed_svf_forward, m)  # linear
                 patched.append(m)
-        yield True
+        yield bool(patched)
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)

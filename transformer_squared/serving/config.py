@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from ..errors import T2Error
+from ..evaluation import PRECISION_HELP, PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ServeConfig:
                                                                   "requests finish before cancelling them"})
     merge_uniform: bool = field(default=True, metadata={"help": "a batch whose rows all use one expert runs on "
                                                                  "merged W' (full speed) instead of per-row z"})
+    precision: str = field(default="exact", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     api_key: str | None = field(default=None, repr=False, metadata={
         "help": "when set, every /v1 request needs the header `Authorization: Bearer <key>` (what the openai "
                 "client's api_key sends), as vLLM's --api-key; /health stays open; default $T2_API_KEY"})
@@ -48,6 +50,8 @@ class ServeConfig:
                                          or not self.api_key.isprintable() or not self.api_key.isascii()):
             raise T2Error("the API key must be a non-empty string of printable ASCII characters (an HTTP header "
                           "carries it)")
+        if self.precision not in PRECISIONS:
+            raise T2Error(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.default_max_tokens > self.max_tokens:
             raise T2Error(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
 
