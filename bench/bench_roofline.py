@@ -14,7 +14,13 @@ budget) and reports the best speed-up any fp32 engine could reach over it:
   where the prefill floor is the layers' products over the prompts' real (unpadded) tokens.
 
     python bench/bench_roofline.py [--model default] [--batch-sizes 1,16] [--new-tokens 64] [--threads N]
+                                   [--engine] [--no-generate] [--prefill-batch-sizes 16]
                                    [--out bench/out/roofline.json]
+
+With `--engine`, the library's engine decodes the same batch in the same process, and its median s/step (while
+the batch is full) and prefill seconds are divided by the floors (`engine_step_over_floor`,
+`engine_prefill_over_floor`: 1.0 would be an engine that does nothing but the products). `--no-generate` skips
+`model.generate`; `--prefill-batch-sizes` limits the (slow, at batch 64) prefill floor to those batch sizes.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import bench_prompts, cpu_name, load, run_generate, save_results  # noqa: E402
+from bench_generation import bench_prompts, cpu_name, load, run_engine, run_generate, save_results  # noqa: E402
 
 
 def timed(fn, reps: int = 5) -> float:
@@ -102,53 +108,76 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--engine", action="store_true", help="also time the engine on the same batch (vs the floors)")
+    ap.add_argument("--no-generate", action="store_true", help="skip model.generate (floors and engine only)")
+    ap.add_argument("--prefill-batch-sizes", default=None,
+                    help="batch sizes whose prefill floor is measured (default: all of --batch-sizes)")
     ap.add_argument("--out", default="bench/out/roofline.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformer_squared.generation import Engine, chat_prompt_ids
+    from transformer_squared.generation import Engine, SamplingParams, chat_prompt_ids
 
     model, tok, name = load(args.model)
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         print("error: this script reads the Llama-family layout (model.model.layers)", file=sys.stderr)
         return 2
     sizes = [int(s) for s in args.batch_sizes.split(",")]
+    prefill_sizes = set(sizes) if args.prefill_batch_sizes is None else \
+        {int(s) for s in args.prefill_batch_sizes.split(",") if s}
     prompts = [chat_prompt_ids(tok, c) for c in bench_prompts(max(sizes))]
     engine = Engine(model, tok)  # only for its EOS and pad ids
     params = sum(w.numel() for ws in layer_weights(model, False) for w in ws) + model.lm_head.weight.numel()
     res = {"model": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0], "product_weights": params,
-           "memory_read_GBps": memory_read_gbs(), "runs": {}}
+           "memory_read_GBps": memory_read_gbs(), "new_tokens": args.new_tokens, "runs": {}}
     print(f"{name}: {params / 1e6:.1f}M weights in products; memory read {res['memory_read_GBps']:.1f} GB/s; "
           f"{res['threads']} threads, {res['cpu']}")
     with torch.inference_mode():
-        run_generate(model, prompts[:2], 4, engine.pad_id, engine.eos)  # warm-up
+        if not args.no_generate:
+            run_generate(model, prompts[:2], 4, engine.pad_id, engine.eos)  # warm-up
+        if args.engine:
+            engine.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
         for B in sizes:
             batch = prompts[:B]
             step = {kind + ("_fused" if fused else ""): products_seconds(model, B, kind, fused, True, args.reps)
                     for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True), ("int8", True))}
             fp32_floor = min(v for k, v in step.items() if not k.startswith("int8"))
             real_tokens = sum(len(p) for p in batch)
-            prefill = min(products_seconds(model, real_tokens, kind, fused, False, max(1, args.reps // 2))
-                          for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
-            g = run_generate(model, batch, args.new_tokens, engine.pad_id, engine.eos)
-            g.pop("rows")
-            steps = args.new_tokens - 1  # decoding steps after the prefill's first token
-            best_s = prefill + steps * fp32_floor
+            prefill = None
+            if B in prefill_sizes:
+                prefill = min(products_seconds(model, real_tokens, kind, fused, False, max(1, args.reps // 2))
+                              for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
             row = {"step_products_s": step, "step_floor_fp32_s": fp32_floor,
                    "step_floor_GFLOPs": 2 * params * B / fp32_floor / 1e9,
-                   "prefill_tokens": real_tokens, "prefill_floor_fp32_s": prefill, "generate": g,
-                   "max_step_speedup_fp32": g["s_per_step"] / fp32_floor,
-                   "max_tokens_per_s_speedup_fp32": g["seconds"] / best_s,
-                   "max_step_speedup_int8": g["s_per_step"] / step["int8_fused"]}
-            res["runs"][str(B)] = row
+                   "prefill_tokens": real_tokens, "prefill_floor_fp32_s": prefill}
             print(f"batch {B}: step products (s) " + ", ".join(f"{k} {v:.4f}" for k, v in step.items()))
             print(f"  fp32 floor {fp32_floor:.4f} s/step ({row['step_floor_GFLOPs']:.0f} GFLOP/s); prefill floor "
-                  f"{prefill:.2f} s for {real_tokens} tokens; generate {g['s_per_step']:.4f} s/step, "
-                  f"{g['seconds']:.1f} s in all (prefill {g['prefill_s']:.1f} s)")
-            print(f"  best possible fp32 engine vs generate: {row['max_step_speedup_fp32']:.2f}x per step, "
-                  f"{row['max_tokens_per_s_speedup_fp32']:.2f}x tokens/s (int8 products: "
-                  f"{row['max_step_speedup_int8']:.2f}x per step)", flush=True)
+                  + (f"{prefill:.2f} s for {real_tokens} tokens" if prefill is not None else "not measured"))
+            if args.engine:
+                e = run_engine(Engine(model, tok, max_batch_size=B), batch, args.new_tokens)
+                e.pop("rows")
+                row["engine"] = e
+                row["engine_step_over_floor"] = e["s_per_step"] / fp32_floor if e["s_per_step"] else None
+                row["engine_prefill_over_floor"] = e["prefill_s"] / prefill if prefill else None
+                print(f"  engine {e['s_per_step']:.4f} s/step = {row['engine_step_over_floor']:.2f}x the floor; "
+                      f"prefill {e['prefill_s']:.2f} s" + (f" = {row['engine_prefill_over_floor']:.2f}x the floor"
+                                                           if prefill else ""), flush=True)
+            if not args.no_generate:
+                g = run_generate(model, batch, args.new_tokens, engine.pad_id, engine.eos)
+                g.pop("rows")
+                steps = args.new_tokens - 1  # decoding steps after the prefill's first token
+                row["generate"] = g
+                row["max_step_speedup_fp32"] = g["s_per_step"] / fp32_floor
+                row["max_step_speedup_int8"] = g["s_per_step"] / step["int8_fused"]
+                if prefill is not None:
+                    row["max_tokens_per_s_speedup_fp32"] = g["seconds"] / (prefill + steps * fp32_floor)
+                print(f"  generate {g['s_per_step']:.4f} s/step, {g['seconds']:.1f} s in all (prefill "
+                      f"{g['prefill_s']:.1f} s); best possible fp32 engine vs generate: "
+                      f"{row['max_step_speedup_fp32']:.2f}x per step"
+                      + (f", {row['max_tokens_per_s_speedup_fp32']:.2f}x tokens/s" if prefill is not None else "")
+                      + f" (int8 products: {row['max_step_speedup_int8']:.2f}x per step)", flush=True)
+            res["runs"][str(B)] = row
     save_results(res, args.out)
     return 0
 

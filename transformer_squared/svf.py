@@ -149,6 +149,12 @@ class _TrainLinear(torch.autograd.Function):
     of the forward. ∂L/∂x takes whichever form costs less once g exists: (g ⊙ s) Vᵀ, r·in multiply-adds per
     token, when out > in (r = in), else (∂L/∂y) W', out·in = r·in; the factored form leaves out the SVD's
     reconstruction error W − U diag(σ) Vᵀ, so gradients match the dense chain rule to ~1e-6 relative.
+
+    Per token this costs a frozen layer's forward + input gradient (2·out·in multiply-adds, what LoRA pays on
+    an untouched matrix) plus 2·in² when out > in (h, and the cheaper ∂L/∂x), plus out·in + out² when out < in
+    (h cannot share the exact forward there). A factored forward, y = (h ⊙ s) Uᵀ, would make the latter 2·out²
+    too (Qwen2.5-0.5B's down_proj: 1.2x instead of 1.6x a frozen layer), but the layer's value would then be off
+    the merged one by the reconstruction error, not the base layer bit for bit at z = 1.
     """
 
     @staticmethod

@@ -82,7 +82,8 @@ def test_int8_product_is_close_to_fp32_with_bias_and_any_leading_shape():
     torch.manual_seed(0)
     w, b = torch.randn(96, 64) / 8, torch.randn(96)
     prepared = lowp.prepare("int8", w, b)
-    for x in (torch.randn(64), torch.randn(5, 64), torch.randn(3, 7, 64)):
+    # one row (batch-1 decoding) skips the per-row rescale: its own scale fits it, whatever its size
+    for x in (torch.randn(64), torch.randn(1, 1, 64) * 1e3, torch.randn(5, 64), torch.randn(3, 7, 64)):
         y = lowp.run(prepared, x)
         assert y.shape == x.shape[:-1] + (96,) and y.dtype == torch.float32
         assert _rel(y, F.linear(x, w, b)) < 0.03

@@ -168,9 +168,13 @@ def run(prepared, x: torch.Tensor) -> torch.Tensor:
         _, packed, bias = prepared
         # fbgemm quantises its whole input with one scale; rows scaled to max |x| = 1 first (and the outputs
         # scaled back: the product is linear) make that one scale fit every row (see the module docstring).
-        r = x.abs().amax(-1, keepdim=True).clamp_min(1e-30)  # (..., 1)
-        xs = (x / r).reshape(-1, x.shape[-1])  # (N, in): fbgemm wants at least 2 dimensions
-        y = torch.ops.quantized.linear_dynamic(xs, packed, False).reshape(*x.shape[:-1], -1) * r  # (..., out)
+        # One row (batch-1 decoding) needs no rescale: ~45 us saved per call.
+        one_row = x.numel() == x.shape[-1]
+        r = None if one_row else x.abs().amax(-1, keepdim=True).clamp_min(1e-30)  # (..., 1)
+        xs = (x if one_row else x / r).reshape(-1, x.shape[-1])  # (N, in): fbgemm wants at least 2 dimensions
+        y = torch.ops.quantized.linear_dynamic(xs, packed, False).reshape(*x.shape[:-1], -1)  # (..., out)
+        if r is not None:
+            y = y * r
         return y if bias is None else y + bias
     if kind == "bf16-packed":
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), prepared[1], prepared[2], "none", [],

@@ -1,0 +1,249 @@
+"""Seconds of one RL training step (SVF-RL by default), split into its parts, through the library's own loop pieces.
+
+    python bench/bench_rl_step.py [--model smollm2-135m-instruct[,PATH.gguf ...]] [--dtype fp32[,bf16]]
+                                  [--task arc-easy] [--prompts 8] [--samples 4] [--new-tokens 64] [--steps 2]
+                                  [--method svf] [--micro-batch-tokens 2048] [--threads N]
+                                  [--out bench/out/rl_step.json]
+
+One step is what `t2 train --objective rl` does per step (training/loop.py `_run`), called piece by piece:
+`--prompts` P prompts × `--samples` G samples (temperature 1, leave-one-out baseline) × `--new-tokens` tokens.
+Each step is timed in four parts, in the loop's order:
+
+1. merge: entering `policy.generating()`, which writes W' = W + ΔW(z) for the z of the last update (SVF; the
+   loop pays it inside the rollout, it is taken out here to show it). Nothing at step 1, where z = 1.
+2. rollout: `next(rollouts(...))`, the loop's generator: the engine generates P·G rows (batches of the loop's
+   `eval_batch_size`), the task scores them, advantages are computed. Split into generate (the engine's own
+   prefill + decode seconds) and score (the rest: scoring, tokenizing, bookkeeping).
+3. gradient: `loop.gradient_pass` (forward and backward in micro-batches; SVF maps ∂L/∂W' to ∂L/∂z at the end).
+   Split into forward (the model's forward calls, timed by hooks on the model) and backward (the rest: log-probs,
+   loss, backward, the z-gradient).
+4. optimizer: `loop.optimizer_step` (gradient all-reduce (no-op here), clip, AdamW, scheduler).
+
+Step 1 warms up allocators and kernels and runs at z = 1 (no merge); the reported step is the median of steps
+2..N (default: one). Each (model, dtype) runs in its own spawned process, so one crash does not lose the others
+and peak RSS is that run's alone. "Exact" is fp32, the library's default everywhere; `--dtype bf16` loads the
+model in bfloat16 as `t2 train --dtype bf16` does (written for GPUs; SVF math stays fp32). There is no fast
+(low-precision) CPU mode in the library yet: the JSON says so under `fast_mode`. The issue's target (#14 item 6):
+a step in <= 15 s for SmolLM2-135M on 2 cores.
+
+Timings on a shared CPU are noisy: the CPU, thread count and load average are recorded with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads collapse on a busy shared CPU
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench scripts' shared helpers
+from cpuinfo import cpu_name  # noqa: E402
+
+OUT = "bench/out/rl_step.json"
+TARGET_STEP_SECONDS = 15.0  # issue #14 item 6: SmolLM2-135M, 2 cores
+FAST_MODE = {"available": False,
+             "reason": "no low-precision fast mode exists in the engine or trainer yet; `t2 train --dtype bf16` "
+                       "(written for GPUs) is timed with --dtype bf16"}
+
+
+def lose_first_when_out_of_memory() -> None:
+    """Ask Linux's OOM killer to pick this process first: on a shared machine a benchmark is the one to lose."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
+
+
+def measure(spec: dict, queue) -> None:
+    """Child process: time `spec["steps"]` RL steps of one (model, dtype); put a dict (or {"error"}) on `queue`."""
+    lose_first_when_out_of_memory()
+    try:
+        queue.put(_measure(spec))
+    except BaseException as e:  # noqa: BLE001 - reported in the JSON, the parent goes on with the next run
+        queue.put({"model": spec["model"], "dtype": spec["dtype"], "error": f"{type(e).__name__}: {e}"[:500]})
+
+
+def _measure(spec: dict) -> dict:
+    import resource
+
+    import torch
+
+    from transformer_squared.generation import Engine, SamplingParams
+    from transformer_squared.models import load_model, set_quiet_transformers
+    from transformer_squared.tasks import get_task
+    from transformer_squared.training.config import TrainConfig
+    from transformer_squared.training.distributed import Dist
+    from transformer_squared.training.loop import gradient_pass, lr_lambda, make_policy, optimizer_step
+    from transformer_squared.training.rollout import DataOrder, rollouts
+
+    set_quiet_transformers()
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    lm = load_model(spec["model"], dtype=torch.bfloat16 if spec["dtype"] == "bf16" else torch.float32)
+    load_s = time.perf_counter() - t
+    task = get_task(spec["task"])
+    cfg = TrainConfig(out="-", model=spec["model"], task=spec["task"], method=spec["method"], objective="rl",
+                      batch_size=spec["prompts"], samples_per_prompt=spec["samples"],
+                      temperature=1.0 if spec["samples"] > 1 else 0.0, max_new_tokens=spec["new_tokens"],
+                      dtype=spec["dtype"], eval_batch_size=spec["eval_batch_size"],
+                      micro_batch_tokens=spec["micro_batch_tokens"]).resolved(task.max_new_tokens)
+    t = time.perf_counter()
+    policy = make_policy(cfg, lm, progress=False)  # SVF: the decomposition, from the cache after a first run
+    policy_s = time.perf_counter() - t
+    d = Dist()
+    train_set = task.load(cfg.train_split, spec["data_dir"])
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            stop=tuple(task.stop))
+    batches = rollouts(policy, engine, lm.tokenizer, task, train_set, DataOrder(len(train_set), cfg.seed),
+                       batch_size=cfg.batch_size, samples_per_prompt=cfg.samples_per_prompt, params=params,
+                       wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=0, d=d, baseline=cfg.baseline,
+                       advantage_norm=cfg.advantage_norm)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+    forward = {"on": False, "s": 0.0, "t": 0.0, "calls": 0}
+
+    def pre_hook(module, args):
+        if forward["on"]:
+            forward["t"] = time.perf_counter()
+
+    def post_hook(module, args, out):
+        if forward["on"]:
+            forward["s"] += time.perf_counter() - forward["t"]
+            forward["calls"] += 1
+
+    hooks = [policy.model.register_forward_pre_hook(pre_hook), policy.model.register_forward_hook(post_hook)]
+    steps = []
+    try:
+        for step in range(1, spec["steps"] + 1):
+            load_start = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            with policy.generating():  # W' for the last update's z (the rollout below then finds it fresh)
+                pass
+            t1 = time.perf_counter()
+            batch = next(batches)
+            t2 = time.perf_counter()
+            generate_s = engine.stats.prefill_s + engine.stats.decode_s
+            forward.update(on=True, s=0.0, calls=0)
+            gradient_pass(policy, batch, cfg, float(cfg.batch_size * cfg.samples_per_prompt), pad_id,
+                          torch.device("cpu"))
+            forward["on"] = False
+            t3 = time.perf_counter()
+            grad_norm, _ = optimizer_step(policy, optimizer, scheduler, cfg, d)
+            t4 = time.perf_counter()
+            steps.append({
+                "step": step, "step_s": t4 - t0, "merge_s": t1 - t0, "rollout_s": t2 - t1,
+                "rollout_generate_s": generate_s, "rollout_prefill_s": engine.stats.prefill_s,
+                "rollout_decode_s": engine.stats.decode_s, "rollout_score_s": (t2 - t1) - generate_s,
+                "gradient_s": t3 - t2, "gradient_forward_s": forward["s"],
+                "gradient_backward_s": (t3 - t2) - forward["s"], "forward_calls": forward["calls"],
+                "optimizer_s": t4 - t3, "rollouts": batch.size, "completion_tokens": batch.completion_tokens,
+                "sequence_tokens": sum(len(p) + len(c) for p, c in zip(batch.prompts, batch.completions)),
+                "reward_mean": float(batch.rewards.mean()), "grad_norm": grad_norm,
+                "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]})
+            print(f"  {spec['model']} {spec['dtype']} step {step}: {_line(steps[-1])}", file=sys.stderr, flush=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        policy.close()
+    timed = steps[1:] or steps  # step 1 is the warm-up (and has no merge); with --steps 1 it is all there is
+    keys = [k for k, v in steps[0].items() if k.endswith("_s")]
+    return {"model": spec["model"], "dtype": spec["dtype"],
+            "mode": "exact (fp32)" if spec["dtype"] == "fp32" else "bf16 (t2 train --dtype bf16)",
+            "method": cfg.method, "threads": torch.get_num_threads(),
+            "engine_packed_weights": engine.pack_weights, "engine_path": type(engine.new_runner(256)).__name__,
+            "load_s": load_s, "policy_s": policy_s, "trainable_parameters": sum(p.numel() for p in policy.parameters()),
+            "steps_timed": [s["step"] for s in timed],
+            **{k: statistics.median(s[k] for s in timed) for k in keys},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": steps}
+
+
+def _line(r: dict) -> str:
+    return (f"step {r['step_s']:6.1f} s = merge {r['merge_s']:5.2f} + rollout {r['rollout_s']:6.1f} "
+            f"(generate {r['rollout_generate_s']:.1f}) + gradient {r['gradient_s']:6.1f} "
+            f"(forward {r['gradient_forward_s']:.1f}) + optimizer {r['optimizer_s']:.3f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="comma-separated models (alias, .gguf, HF directory), each timed in turn; e.g. add the path "
+                        "printed by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh for Qwen2.5-Coder-0.5B")
+    p.add_argument("--dtype", default="fp32", help="comma-separated: fp32 (exact), bf16")
+    p.add_argument("--task", default="arc-easy")
+    p.add_argument("--data-dir", default=os.environ.get("T2_DATA_DIR") or
+                   str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--method", default="svf", choices=("svf", "lora"))
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step (TrainConfig.batch_size)")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt G (temperature 1 when G > 1)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=int, default=16, help="rows the engine decodes together (the loop's "
+                                                                   "eval_batch_size, default 16 as t2 train)")
+    p.add_argument("--micro-batch-tokens", type=int, default=2048,
+                   help="padded tokens per forward/backward (t2 train's default 2048; less memory, same gradient)")
+    p.add_argument("--steps", type=int, default=2, help="steps per run; the first is a warm-up")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads (default: every core, the target's '2 cores')")
+    p.add_argument("--out", default=OUT)
+    a = p.parse_args(argv)
+    for name in ("prompts", "samples", "new_tokens", "eval_batch_size", "micro_batch_tokens", "steps", "threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    dtypes = a.dtype.split(",")
+    if bad := [x for x in dtypes if x not in ("fp32", "bf16")]:
+        p.error(f"--dtype: {bad[0]!r} is not fp32 or bf16")
+
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "model", "dtype")}
+    res = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "settings": settings,
+           "target_step_seconds": TARGET_STEP_SECONDS, "fast_mode": FAST_MODE,
+           "loadavg_start": os.getloadavg(), "runs": []}
+    print(f"{res['cpu']}, {a.threads} threads, load average {res['loadavg_start'][0]:.1f}; {a.prompts} prompts x "
+          f"{a.samples} samples x {a.new_tokens} new tokens ({a.task}, {a.method})", flush=True)
+    for model in a.model.split(","):
+        for dtype in dtypes:
+            q = ctx.Queue()
+            proc = ctx.Process(target=measure, args=({**settings, "model": model, "dtype": dtype}, q))
+            proc.start()
+            row = None
+            while row is None:  # a child killed (e.g. out of memory) puts nothing on the queue
+                try:
+                    row = q.get(timeout=5)
+                except queue_mod.Empty:
+                    if not proc.is_alive():
+                        killed = " (SIGKILL: out of memory?)" if proc.exitcode == -9 else ""
+                        row = {"model": model, "dtype": dtype, "error": f"the run's process died "
+                                                                        f"(exit code {proc.exitcode}{killed})"}
+            proc.join()
+            res["runs"].append(row)
+            if "error" in row:
+                print(f"{model} {dtype}: error: {row['error']}", flush=True)
+            else:
+                verdict = "meets" if row["step_s"] <= TARGET_STEP_SECONDS else "misses"
+                print(f"{model} {dtype}: {_line(row)}; peak RSS {row['peak_rss_mb']:.0f} MB ({verdict} the "
+                      f"{TARGET_STEP_SECONDS:.0f} s target)", flush=True)
+    res["loadavg_end"] = os.getloadavg()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from transformer_squared.fileio import atomic_write_json
+
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out, res)
+    print(f"load average {res['loadavg_start'][0]:.1f} -> {res['loadavg_end'][0]:.1f}; wrote {a.out}")
+    return 1 if any("error" in r for r in res["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

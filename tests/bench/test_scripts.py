@@ -1,0 +1,92 @@
+"""bench/bench_rl_step.py and bench/summary.py run and print their documented JSON keys (never timings: those
+are the benchmarks' business, see bench/README.md). Tiny sizes, a tiny random model, a private T2_CACHE."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+SUMMARY_KEYS = ("cpu", "load_avg", "targets", "meets_targets", "benchmarks", "decode_step_over_floor_b16",
+                "decode_step_over_floor_b64", "prefill_over_floor", "fast_mode_speedup_b16", "fast_mode",
+                "serving_throughput_over_sequential", "serving_p50_over_single", "svf_over_lora_step",
+                "rl_step_seconds_smollm2", "anchor_generate_b16")
+TARGETED = ("decode_step_over_floor_b16", "decode_step_over_floor_b64", "prefill_over_floor",
+            "fast_mode_speedup_b16", "serving_throughput_over_sequential", "serving_p50_over_single",
+            "svf_over_lora_step", "rl_step_seconds_smollm2")
+STEP_KEYS = ("step_s", "merge_s", "rollout_s", "rollout_generate_s", "rollout_score_s", "gradient_s",
+             "gradient_forward_s", "gradient_backward_s", "optimizer_s")
+
+
+def run(args: list[str], tmp_path: Path, timeout: float, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "T2_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_summary(s: dict) -> None:
+    for key in SUMMARY_KEYS:
+        assert key in s, key
+    assert set(s["targets"]) == set(TARGETED)
+    for key in TARGETED:  # a figure, or null with the reason why
+        assert s[key] is not None or s.get(f"{key}_reason"), key
+    assert s["fast_mode"] in ("int8", "bf16") or (s["fast_mode"] is None and s["fast_mode_reason"])
+    assert len(s["load_avg"]["start"]) == 3
+
+
+def test_summary_with_everything_skipped_prints_every_key_null_with_its_reason(tmp_path):
+    out = tmp_path / "summary.json"
+    p = run(["bench/summary.py", "--json", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+             "--skip", "roofline,generation,serving,training,rl_step"], tmp_path, 60)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)  # stdout is the JSON object alone
+    check_summary(s)
+    assert all(s[k] is None for k in TARGETED)
+    assert s["rl_step_seconds_smollm2_reason"] == "rl_step skipped (--skip)"
+    assert json.loads(out.read_text()) == s
+
+
+def test_summary_refuses_an_unknown_benchmark_name(tmp_path):
+    p = run(["bench/summary.py", "--json", "--skip", "nope", "--work-dir", str(tmp_path)], tmp_path, 60)
+    assert p.returncode == 2 and "--skip: unknown 'nope'" in p.stderr
+
+
+@pytest.mark.slow
+def test_rl_step_tiny_prints_its_parts(tmp_path, tiny_model_dir, shared_data):
+    out = tmp_path / "rl.json"
+    p = run(["bench/bench_rl_step.py", "--model", str(tiny_model_dir), "--data-dir", str(shared_data),
+             "--prompts", "2", "--samples", "2", "--new-tokens", "3", "--steps", "2", "--threads", "1",
+             "--out", str(out)], tmp_path, 300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    for key in ("cpu", "loadavg_start", "loadavg_end", "settings", "target_step_seconds", "fast_mode", "runs"):
+        assert key in res, key
+    (row,) = res["runs"]
+    assert "error" not in row, row
+    for key in STEP_KEYS + ("mode", "threads", "peak_rss_mb", "steps"):
+        assert key in row, key
+    assert row["steps_timed"] == [2] and [s["rollouts"] for s in row["steps"]] == [4, 4]
+
+
+@pytest.mark.slow
+def test_summary_tiny_runs_every_benchmark(tmp_path, tiny_model_dir, shared_data):
+    out = tmp_path / "summary.json"
+    # T2_DATA_DIR: bench_training's and bench_rl_step's --data-dir default
+    p = run(["bench/summary.py", "--json", "--tiny", "--model", str(tiny_model_dir), "--out", str(out),
+             "--work-dir", str(tmp_path / "work")],
+            tmp_path, 1200, T2_DATA_DIR=str(shared_data))
+    s = json.loads(p.stdout)
+    check_summary(s)
+    assert set(s["benchmarks"]) == {"roofline", "generation", "serving", "training", "rl_step"}
+    for name, rec in s["benchmarks"].items():
+        assert not rec.get("error"), (name, rec, Path(rec["log"]).read_text()[-2000:])
+    for key in TARGETED:
+        # every figure is there, but the fast mode's speed-up on a machine with no fast mode
+        assert (s[key] is None) == (key == "fast_mode_speedup_b16" and s["fast_mode"] is None), key
+    assert p.returncode == 0
