@@ -30,6 +30,27 @@ def test_full_disk_is_one_line_and_the_previous_checkpoint_stays(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no temporary left behind
 
 
+def test_a_checkpoint_older_than_a_field_resumes_with_the_fields_earlier_behaviour(tmp_path):
+    # The recipe a checkpoint of the Qwen MBPP run recorded (results/qwen/runs/mbpp-svf-rl-s0): written before
+    # --baseline, --advantage-norm, --rollout-precision and --tis-cap existed; its rollouts were exact.
+    now = TrainConfig(out="run", task="mbpp", steps=20, batch_size=8, lr=2e-3, schedule="constant",
+                      samples_per_prompt=4, temperature=1.0, max_new_tokens=512, valid_limit=-1, test_limit=0,
+                      checkpoint_every=1, rollout_precision="exact").resolved()
+    saved = {k: v for k, v in now.recipe().items()
+             if k not in ("baseline", "advantage_norm", "rollout_precision", "tis_cap")}
+    checkpoint.check_same_recipe(saved, now.recipe(), tmp_path)  # the values those runs had: resumes
+    auto = TrainConfig(**{**now.to_dict(), "rollout_precision": "auto"})
+    with pytest.raises(T2Error, match="rollout_precision='exact'.*pass --rollout-precision exact to resume") as e:
+        checkpoint.check_same_recipe(saved, auto.recipe(), tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(T2Error, match="advantage_norm"):  # a recorded field still has to match
+        checkpoint.check_same_recipe(saved, TrainConfig(**{**now.to_dict(), "advantage_norm": "std"}).recipe(),
+                                     tmp_path)
+    sft = TrainConfig(**{**now.to_dict(), "objective": "sft", "samples_per_prompt": 1, "rollout_precision": "auto"})
+    old_sft = {k: v for k, v in sft.recipe().items() if k not in ("baseline", "advantage_norm")}
+    checkpoint.check_same_recipe(old_sft, sft.recipe(), tmp_path)  # no rollouts: their precision is not compared
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))

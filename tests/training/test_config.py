@@ -34,6 +34,9 @@ def test_the_papers_recipe_is_the_default():
     (dict(baseline="mean"), "--baseline"),
     (dict(advantage_norm="std", baseline="none", samples_per_prompt=4, temperature=1.0), "--advantage-norm"),
     (dict(advantage_norm="std"), "--advantage-norm"),  # G = 1: no group to scale by
+    (dict(rollout_precision="fp8"), "--rollout-precision"),
+    (dict(tis_cap=0.5), "--tis-cap"),
+    (dict(tis_cap=float("inf")), "--tis-cap"),
 ])
 def test_inconsistent_options_are_one_line_errors(bad, match):
     with pytest.raises(T2Error, match=match) as e:
@@ -76,3 +79,12 @@ def test_dispatch_form_reaches_the_dispatch_task_and_nothing_else(tmp_path, shar
     with pytest.raises(T2Error, match="--dispatch-form is for --task dispatch"):
         train(TrainConfig(out=str(tmp_path / "run2"), task="arc-easy", dispatch_form="plain"))
     assert not (tmp_path / "run2").exists()  # refused before anything is written or loaded
+
+
+def test_rollout_precision_comes_from_the_command_line_and_is_part_of_an_rl_recipe_only():
+    args = build_parser().parse_args(["train", "--out", "o", "--rollout-precision", "int8", "--tis-cap", "3"])
+    assert (args.rollout_precision, args.tis_cap) == ("int8", 3.0)
+    assert (TrainConfig(out="x").rollout_precision, TrainConfig(out="x").tis_cap) == ("auto", 2.0)
+    assert {"rollout_precision", "tis_cap"} <= set(TrainConfig(out="x").recipe())
+    # next-token training has no rollouts: their precision does not change what it computes
+    assert not {"rollout_precision", "tis_cap"} & set(TrainConfig(out="x", objective="sft").recipe())

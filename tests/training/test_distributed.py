@@ -15,9 +15,11 @@ from .tinylm import tiny_lm, write_task
 
 CASES = {
     # greedy rollouts: each rank generates and scores its half of the prompts; sharded validation
-    # (trained steps only: a base-model win at step 0 would ship z = 1, and equal z = 1 would prove nothing)
+    # (trained steps only: a base-model win at step 0 would ship z = 1, and equal z = 1 would prove nothing);
+    # exact rollouts: an int8 product quantises its whole batch with one activation range, so a rank rolling out
+    # half the prompts gets slightly different log-probs, hence importance weights, than one rolling out all
     "svf-rl": dict(method="svf", objective="rl", lr=0.05, kl_coef=0.1, eval_every=2, valid_limit=3, test_limit=3,
-                   select_base=False),
+                   select_base=False, rollout_precision="exact"),
     # next-token loss normalised by the global token count; no dropout, so both runs draw the same masks
     "lora-sft": dict(method="lora", objective="sft", lr=0.01, lora_dropout=0.0, valid_limit=0, test_limit=0),
 }

@@ -8,7 +8,7 @@ import torch
 from transformer_squared.generation import SamplingParams
 from transformer_squared.generation.sampling import next_tokens
 from transformer_squared.training.losses import (advantages, kl_to_base, reinforce_loss, rloo_advantages,
-                                                 sampling_logprobs, sft_loss, token_logprobs)
+                                                 sampling_logprobs, sft_loss, token_logprobs, truncated_ratio)
 
 
 def test_rloo_advantage_is_reward_minus_mean_of_the_others():
@@ -132,3 +132,55 @@ def test_sampling_logprobs_carry_the_gradient():
     tokens = torch.randint(0, 7, (2, 3))
     sampling_logprobs(logits, tokens, 0.8, 0.9).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_truncated_ratio_is_the_capped_probability_ratio_on_real_tokens():
+    train = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.3, 0.6, 0.1]])).requires_grad_()
+    rollout = torch.log(torch.tensor([[0.5, 0.4, 0.3], [0.1, 0.6, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last entry is padding
+    w, m = truncated_ratio(train, rollout, mask, cap=2.0)
+    # ratios π_train / π_rollout: 1, 0.5, 3 (capped to 2); 3 (capped), 1; padding weighs 1 (masked anyway)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.5, 2.0], [2.0, 1.0, 1.0]]))
+    assert not w.requires_grad, "the weight is a constant: the gradient flows through log π_train only"
+    assert m["tis_sum"] == pytest.approx(8.5) and m["tis_max"] == pytest.approx(3.0)
+    assert (m["tis_truncated"], m["tis_tokens"]) == (2.0, 5.0)
+    w, m = truncated_ratio(train, rollout, mask, cap=10.0)
+    assert m["tis_truncated"] == 0 and w.max().item() == pytest.approx(3.0)
+
+
+def test_weighted_reinforce_loss_weighs_each_tokens_gradient():
+    token_logp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    weights = torch.tensor([[2.0, 0.5, 1.0], [0.25, 1.0, 1.0]])
+    loss, m = reinforce_loss(token_logp, mask, adv, normalizer=2, weights=weights)
+    # −(1·(2·(−1) + 0.5·(−2)) + (−1)·(0.25·(−0.5))) / 2 = (3 − 0.125) / 2
+    assert loss.item() == pytest.approx(1.4375)
+    assert m["logp"] == pytest.approx(-3.5), "the logged log-prob stays unweighted"
+    loss.backward()
+    torch.testing.assert_close(token_logp.grad, torch.tensor([[-1.0, -0.25, 0.0], [0.125, 0.0, 0.0]]))
+
+
+def test_a_ratio_of_one_leaves_loss_and_gradient_bit_for_bit():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    tokens = torch.randint(0, 11, (3, 5))
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] + [0.0] * 4])
+    adv = torch.tensor([0.7, -1.3, 0.6])
+
+    def loss_and_grad(tis: bool):
+        x = logits.clone().requires_grad_()
+        logp = sampling_logprobs(x, tokens, 0.8, 0.9)  # (3, 5)
+        weights = truncated_ratio(logp, logp.detach().clone(), mask, 2.0)[0] if tis else None
+        loss, _ = reinforce_loss(logp, mask, adv, 3.0, weights=weights)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    # the old loss, as losses.reinforce_loss computed it before importance weights existed
+    x = logits.clone().requires_grad_()
+    old = -(adv * (sampling_logprobs(x, tokens, 0.8, 0.9) * mask).sum(-1)).sum() / 3.0
+    old.backward()
+    plain, weighted = loss_and_grad(False), loss_and_grad(True)
+    assert torch.equal(plain[0], old.detach()) and torch.equal(plain[1], x.grad)
+    # rollouts that sampled from exactly the training distribution: every weight is exactly 1
+    assert torch.equal(weighted[0], plain[0]) and torch.equal(weighted[1], plain[1])

@@ -1,10 +1,13 @@
 """Data order, SFT targets and rollout batches on the tiny model."""
 
+import pytest
 import torch
 
 from transformer_squared.generation import Engine, SamplingParams
 from transformer_squared.training.distributed import Dist
+from transformer_squared.training.losses import sampling_logprobs
 from transformer_squared.training.rollout import DataOrder, rollouts, sft_pair
+from transformer_squared.training.sequences import completion_logits, pack, pad_completions
 
 from .tinylm import tiny_lm, tiny_task
 
@@ -71,3 +74,35 @@ def test_rollouts_without_a_baseline_keep_the_raw_reward_and_record_the_answers(
                           start_step=0, d=Dist(), baseline="none"))
     torch.testing.assert_close(batch.advantages, batch.rewards)
     assert len(batch.answers) == batch.size and all(isinstance(a, str) for a in batch.answers)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.9)])
+def test_rollout_logprobs_are_those_the_loss_computes_for_the_same_weights(temperature, top_p):
+    # What the importance ratio rests on: the engine's log-prob of a sampled token (SamplingParams.logprobs) is
+    # the training forward's sampling_logprobs of it when both use the same weights, so exact weights give w = 1.
+    lm = tiny_lm()
+    prompts = [[1, 7, 8, 9], [1, 7, 10], [1, 7, 8, 9], [1, 7, 10]]
+    params = SamplingParams(max_new_tokens=6, temperature=temperature, top_p=top_p, seed=3, logprobs=True)
+    outs = Engine(lm.model, lm.tokenizer).generate(prompts, params)
+    assert all(len(o.token_logprobs) == len(o.token_ids) for o in outs)
+    packed = pack(prompts, [o.token_ids for o in outs], 0, range(4))
+    with torch.no_grad():
+        train = sampling_logprobs(completion_logits(lm.model, packed), packed.tokens, temperature, top_p)  # (4, T)
+    rollout = pad_completions([o.token_logprobs for o in outs], range(4), packed.tokens.shape[1])
+    torch.testing.assert_close(rollout * packed.mask, train * packed.mask, atol=1e-4, rtol=0)
+
+
+def test_low_precision_rollouts_carry_their_logprobs_and_exact_ones_none(tmp_path):
+    lm, task = tiny_lm(), tiny_task(tmp_path)
+    examples = task.load("train")
+
+    def batch(precision):
+        return next(rollouts(Merged(), Engine(lm.model, lm.tokenizer, precision=precision), lm.tokenizer, task,
+                             examples, DataOrder(len(examples), 0), batch_size=3, samples_per_prompt=2,
+                             params=SamplingParams(max_new_tokens=5, temperature=1.0), wrong_reward=-1.0, seed=0,
+                             start_step=0, d=Dist()))
+
+    assert batch("exact").rollout_logprobs is None
+    low = batch("int8")
+    assert [len(x) for x in low.rollout_logprobs] == [len(c) for c in low.completions]
+    assert all(v <= 0 and v == v for x in low.rollout_logprobs for v in x)  # log-probs, no nan

@@ -29,7 +29,9 @@ forward pass whose rows differ from the previous pass's:
 
 Sampling: greedy rows share one argmax; sampled rows with the same temperature, top-p and generator are drawn
 together (`Engine.generate` shares one generator per call, as before); a row added with a `seed` and no
-generator gets its own, so its tokens do not depend on the rest of the batch.
+generator gets its own, so its tokens do not depend on the rest of the batch. A row whose params ask for
+`logprobs` also records each chosen token's log-prob under the distribution it was drawn from
+(`sampling.sampled_logprobs`; RL weighs its low-precision rollouts by them).
 
 Text: rows with stop strings or `on_text` are detokenised incrementally (detokenize.py: two short decodes per
 step, whatever the length); a stop string is looked for in the new text and the stop's length before it.
@@ -51,7 +53,7 @@ from ..errors import T2Error
 from .detokenize import IncrementalText, held_back
 from .packed import packed_linears
 from .params import Completion, GenerationStats, SamplingParams
-from .sampling import StopStrings, next_tokens
+from .sampling import StopStrings, next_tokens, sampled_logprobs
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -71,6 +73,7 @@ class Row:
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     generator: torch.Generator | None = None
     token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] | None = None  # with params.logprobs: one per token of token_ids
     text: str = ""  # set when the row finishes
     finish_reason: str | None = None  # "stop" (EOS or a stop string) | "length" | "cancelled"
     _text: IncrementalText | None = None
@@ -85,7 +88,7 @@ class Row:
     def completion(self) -> Completion:
         """The finished row as a `Completion`."""
         return Completion(text=self.text, token_ids=self.token_ids, finish_reason=self.finish_reason or "length",
-                          prompt_tokens=len(self.prompt_ids))
+                          prompt_tokens=len(self.prompt_ids), token_logprobs=self.token_logprobs)
 
 
 class RunningBatch:
@@ -148,7 +151,8 @@ class RunningBatch:
             raise T2Error("stop strings and streamed text need a tokenizer; pass one to Engine")
         if generator is None and params.seed is not None and not params.greedy:
             generator = torch.Generator(device=engine.device).manual_seed(params.seed)
-        row = Row(engine.encode(prompt), params, state=state, on_text=on_text, generator=generator)
+        row = Row(engine.encode(prompt), params, state=state, on_text=on_text, generator=generator,
+                  token_logprobs=[] if params.logprobs else None)
         if params.stop or on_text is not None:
             row._text = IncrementalText(engine.tokenizer)
         if params.stop:
@@ -200,8 +204,11 @@ class RunningBatch:
             return finished
         logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # (n, V), rows in `running` order
         tokens = self._sample(logits)
-        for row, tok in zip(self.running, tokens.tolist()):
+        logps = self._logprobs(logits, tokens)
+        for p, (row, tok) in enumerate(zip(self.running, tokens.tolist())):
             if not row.done:
+                if row.token_logprobs is not None:
+                    row.token_logprobs.append(logps[p])
                 self._advance(row, tok)
                 stats.new_tokens += 1
                 if row.done:
@@ -305,6 +312,21 @@ class RunningBatch:
             tokens[index] = next_tokens(logits[index], row.params, row.generator)
         return tokens
 
+    def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> list[float] | None:
+        """Each row's chosen-token log-prob under its own sampling distribution, for the rows that asked
+        (`SamplingParams.logprobs`; the other entries are nan), or None when none did. (n, V), (n,) → n floats."""
+        want: dict[tuple, list[int]] = {}
+        for p, r in enumerate(self.running):
+            if r.token_logprobs is not None and not r.done:
+                want.setdefault((r.params.temperature, r.params.top_p), []).append(p)
+        if not want:
+            return None
+        out = torch.full((len(self.running),), float("nan"))
+        for idx in want.values():
+            index = torch.tensor(idx, device=logits.device)
+            out[idx] = sampled_logprobs(logits[index], tokens[index], self.running[idx[0]].params).cpu()
+        return out.tolist()
+
     def _advance(self, row: Row, token: int) -> None:
         """Append a sampled token; finish the row on EOS, a stop string or its length; stream what is final."""
         row.token_ids.append(token)
@@ -350,4 +372,6 @@ class RunningBatch:
             keep = stops.shortest_prefix(body)
             if keep < len(body) or row.finish_reason == "length":
                 row.token_ids, row.finish_reason = body[:keep], "stop"
+                if row.token_logprobs is not None:
+                    row.token_logprobs = row.token_logprobs[:keep]
         row.text = text

@@ -20,6 +20,9 @@ class SamplingParams:
     seed: int | None = field(default=None, metadata={
         "help": "Engine.generate: same seed + same prompts + same batch size = same outputs; a row added to a "
                 "RunningBatch with a seed draws from its own generator, whatever else shares its batch"})
+    logprobs: bool = field(default=False, metadata={
+        "help": "fill Completion.token_logprobs: each sampled token's log-prob under the distribution it was "
+                "drawn from (temperature, top-p; greedy: T = 1), as the engine computed it"})
 
     def __post_init__(self):
         if isinstance(self.stop, str):  # a lone string is a common slip: treat it as one stop string
@@ -53,6 +56,7 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop": EOS or a stop string; "length": max_new_tokens reached
     prompt_tokens: int
+    token_logprobs: list[float] | None = None  # per token of `token_ids` (SamplingParams.logprobs), else None
 
 
 @dataclass

@@ -35,6 +35,28 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return idx.gather(-1, choice)[:, 0]
 
 
+def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """log-prob of each row's chosen token under the distribution `next_tokens` drew it from with `params`:
+    softmax(logits / T) restricted to the same nucleus and renormalised; greedy rows (no distribution) get
+    log softmax(logits) at T = 1, what RL scores greedy rollouts with. logits (n, V), tokens (n,) → (n,) fp32.
+    (`SamplingParams.logprobs`: for importance weights between a low-precision rollout and an exact forward.)"""
+    z = logits.float() if params.greedy else logits.float() / params.temperature  # (n, V)
+    lse = torch.logsumexp(z, -1)  # (n,)
+    tok = z.gather(-1, tokens[:, None])[:, 0] - lse  # (n,) log-prob over the whole vocabulary
+    if params.greedy or params.top_p >= 1.0:
+        return tok
+    # The nucleus exactly as `next_tokens` builds it (the same ops on the same logits)
+    k = min(_TOP_P_FIRST_K, z.shape[-1])
+    vals = z.topk(k, -1).values  # (n, k)
+    probs = torch.exp(vals - lse[:, None])
+    cum = probs.cumsum(-1)
+    if k < z.shape[-1] and bool((cum[:, -1] < params.top_p).any()):
+        probs = torch.softmax(z.sort(-1, descending=True).values, -1)  # (n, V)
+        cum = probs.cumsum(-1)
+    kept = probs.masked_fill(cum - probs >= params.top_p, 0.0).sum(-1)  # (n,) the nucleus's mass
+    return tok - kept.log()
+
+
 class StopStrings:
     """Checks the tail of each row's generated ids for stop strings, decoding only the last few tokens."""
 

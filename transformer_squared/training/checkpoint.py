@@ -20,6 +20,7 @@ import torch
 from .._version import __version__
 from ..errors import T2Error
 from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from .config import INTRODUCED
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -81,12 +82,17 @@ LOCATION_FIELDS = ("out",)
 
 
 def check_same_recipe(saved: dict[str, Any], current: dict[str, Any], directory: Path) -> None:
-    """Refuse to resume with options that would change the result."""
+    """Refuse to resume with options that would change the result. A field that `saved` lacks and `current` has
+    was added to TrainConfig after the checkpoint was written: the run had its `config.INTRODUCED` value."""
+    older = {k: v for k, v in INTRODUCED.items() if k in current and k not in saved}
+    saved = {**older, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in LOCATION_FIELDS and saved.get(k) != current.get(k))
     if diff:
         k = diff[0]
-        raise T2Error(f"{directory} was made with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r} "
+        flag = f"--{k.replace('_', '-')}"
+        why = f" (it predates {flag}: pass {flag} {saved[k]} to resume it)" if k in older else ""
+        raise T2Error(f"{directory} was made with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r}{why} "
                       f"({len(diff)} option(s) differ); resume with the same options or use another --out")
 
 

@@ -28,9 +28,15 @@ SCHEDULES = ("cosine", "constant")
 DTYPES = ("fp32", "bf16")
 BASELINES = ("loo", "none")  # losses.advantages
 ADVANTAGE_NORMS = ("none", "std")
+ROLLOUT_PRECISIONS = ("auto", "exact", "fast", "int8", "bf16")  # generation/precision.py's, and auto
 METHOD_DEFAULTS = {"svf": {"lr": 2e-3, "grad_clip": 1e-3}, "lora": {"lr": 5e-5, "grad_clip": 1.0}}
 # Fields that do not change what is computed: a resumed run may differ from the original in these.
 RUNTIME_FIELDS = ("resume", "overwrite", "stop_after", "progress", "device", "threads")
+# Fields of RL rollouts only: not part of an SFT run's recipe (they change nothing there).
+ROLLOUT_FIELDS = ("rollout_precision", "tis_cap")
+# Fields added after runs were checkpointed, with the value that does what those runs did: a saved recipe that
+# lacks one was made before the field existed (checkpoint.check_same_recipe reads it so).
+INTRODUCED = {"baseline": "loo", "advantage_norm": "none", "rollout_precision": "exact", "tis_cap": 2.0}
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -92,6 +98,18 @@ class TrainConfig:
                                           "task's, e.g. 512)")
     wrong_reward: float = _f(-1.0, "reward of a wrong answer (+1 for a right one; the VLM runs used -0.1)")
     kl_coef: float = _f(0.0, "λ of the KL(π_θ ‖ π_base) penalty (paper sweep: 0, 0.1, 0.2, 0.3)")
+    rollout_precision: str = _f("auto", "what RL rollouts compute their linear layers in (generation/"
+                                        "precision.py; validation and test stay exact): exact, int8, bf16, fast "
+                                        "(the engine's fastest kernel here), or auto = fast on CPUs, where it was "
+                                        "measured faster (SmolLM2-135M SVF rollouts, 8 prompts x 4 samples x 64 "
+                                        "tokens, 1 thread, AMD EPYC: int8 1.4x faster per token, bench/"
+                                        "bench_rollout_precision.py), exact on GPUs (not measured). Non-exact "
+                                        "rollouts weigh each token's gradient by a truncated importance ratio "
+                                        "(--tis-cap), so learning is unchanged",
+                                choices=ROLLOUT_PRECISIONS)
+    tis_cap: float = _f(2.0, "C of truncated importance sampling for non-exact rollouts: each token's policy "
+                             "gradient is weighted by min(π_train(y_t) / π_rollout(y_t), C), the fp32 forward's "
+                             "probability over the one the rollout sampled from (Yao et al. 2025: C = 2)")
 
     # -- evaluation --------------------------------------------------------------------------------------------
     train_split: str = _f("train", "split to train on")
@@ -131,7 +149,8 @@ class TrainConfig:
         def bad(msg: str):
             raise T2Error(f"train: {msg}")
 
-        for name in ("method", "objective", "schedule", "dtype", "parametrization", "baseline", "advantage_norm"):
+        for name in ("method", "objective", "schedule", "dtype", "parametrization", "baseline", "advantage_norm",
+                     "rollout_precision"):
             allowed = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in allowed:
                 bad(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -158,6 +177,9 @@ class TrainConfig:
         if self.advantage_norm != "none" and (self.baseline != "loo" or self.samples_per_prompt < 2):
             bad("--advantage-norm std scales each group's leave-one-out advantages: it needs --baseline loo and "
                 "--samples-per-prompt > 1")
+        if not (math.isfinite(self.tis_cap) and self.tis_cap >= 1):
+            bad(f"--tis-cap must be a finite number >= 1 (an importance weight of 1 is no correction), got "
+                f"{self.tis_cap}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             bad(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
         if self.threads is not None and self.threads < 1:
@@ -189,4 +211,5 @@ class TrainConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the result (what a resumed run must share with the original)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        skip = RUNTIME_FIELDS + (ROLLOUT_FIELDS if self.objective != "rl" else ())
+        return {k: v for k, v in self.to_dict().items() if k not in skip}

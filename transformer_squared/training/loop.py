@@ -33,6 +33,11 @@ How this departs from the paper's SVF-RL (SPEC §2), in order:
    prompt's G samples: 1 when the policy has collapsed onto one answer), `answers` (the shares of the four
    most frequent extracted answers, each cut to 32 characters), `no_answer` (share of rollouts the scorer extracted no answer from),
    `adv_abs` (mean |advantage|) and `z_drift` (SVF: mean |z − 1|), so a run that does not learn says why.
+9. Rollouts may run in a low precision (`--rollout-precision`, default auto: int8 on CPUs; validation and test
+   stay exact): each token's policy-gradient term is then weighted by the truncated importance ratio
+   min(π_train / π_rollout, `--tis-cap`) of the fp32 forward to the distribution the rollout sampled from
+   (`losses.truncated_ratio`), and the rows report `tis_ratio_mean`, `tis_ratio_max` (before the cap) and
+   `tis_truncated` (share of tokens capped).
 
 Defaults are sized for CPU runs (validation on 200 examples every 10 steps, test on 100): pass
 `--valid-limit -1 --test-limit -1` for the full splits. On CPU, torch gets one thread per idle core unless
@@ -70,11 +75,11 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .distributed import Dist
 from .evaluate import accuracy, limit
-from .losses import kl_to_base, reinforce_loss, sampling_logprobs, sft_loss, token_logprobs
+from .losses import kl_to_base, reinforce_loss, sampling_logprobs, sft_loss, token_logprobs, truncated_ratio
 from .lora import LoRAPolicy  # imports peft only when a LoRA policy is made (an optional extra)
 from .policy import SVFPolicy
 from .rollout import Batch, DataOrder, hash_seed, rollouts, sft_batches
-from .sequences import completion_logits, micro_batches, pack
+from .sequences import completion_logits, micro_batches, pack, pad_completions
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -142,7 +147,14 @@ def gradient_pass(policy, batch: Batch, cfg: TrainConfig, normalizer: float, pad
                 if base_logp is not None:
                     kl = kl_to_base(token_logprobs(logits, packed.tokens)[1], base_logp, packed.mask)
                 adv = batch.advantages[index].to(device)  # (N,)
-                loss, parts = reinforce_loss(tok_logp, packed.mask, adv, normalizer, kl, cfg.kl_coef)
+                weights = None
+                if batch.rollout_logprobs is not None:  # low-precision rollouts: truncated importance weights
+                    behaviour = pad_completions(batch.rollout_logprobs, index, packed.tokens.shape[1], device)
+                    weights, tis = truncated_ratio(tok_logp, behaviour, packed.mask, cfg.tis_cap)  # (N, Tc)
+                    sums["tis_max"] = max(sums.get("tis_max", 0.0), tis.pop("tis_max"))
+                    for k, v in tis.items():
+                        sums[k] += v
+                loss, parts = reinforce_loss(tok_logp, packed.mask, adv, normalizer, kl, cfg.kl_coef, weights)
             else:
                 loss, parts = sft_loss(token_logprobs(logits, packed.tokens)[0], packed.mask, normalizer)
             loss.backward()
@@ -241,11 +253,15 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
         if d.main:
             atomic_write_text(out / METRICS, "".join(_jsonl(r) for r in history))  # drop rows past the checkpoint
 
-    engine = Engine(policy.generation_model, model.tokenizer, max_batch_size=cfg.eval_batch_size)
+    engine = Engine(policy.generation_model, model.tokenizer, max_batch_size=cfg.eval_batch_size)  # validation, test
+    rollout_engine = engine
     if cfg.objective == "rl":
+        if rollout_precision(cfg, engine) != "exact":  # its own low-precision copies of the weights (packed.py)
+            rollout_engine = Engine(policy.generation_model, model.tokenizer, max_batch_size=cfg.eval_batch_size,
+                                    precision=rollout_precision(cfg, engine))
         params_ = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  top_p=cfg.top_p, stop=tuple(task.stop))
-        batches = rollouts(policy, engine, model.tokenizer, task, train_set, order, batch_size=cfg.batch_size,
+        batches = rollouts(policy, rollout_engine, model.tokenizer, task, train_set, order, batch_size=cfg.batch_size,
                            samples_per_prompt=cfg.samples_per_prompt, params=params_,
                            wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=step, d=d,
                            baseline=cfg.baseline, advantage_norm=cfg.advantage_norm)
@@ -317,7 +333,9 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
         meta = {"name": task.domain or task.name, "task": task.name, "domain": task.domain,
                 "method": cfg.method, "objective": cfg.objective, "parametrization": cfg.parametrization,
                 "library_version": __version__,
-                "training": {"config": cfg.to_dict(), "steps": step, "world_size": d.world},
+                "training": {"config": cfg.to_dict(), "steps": step, "world_size": d.world,
+                             **({"rollout_precision": rollout_engine.precision_info} if cfg.objective == "rl"
+                                else {})},
                 "metrics": {"selected_step": selected, "selection": "best_valid" if best["state"] is not None
                             else "last", "valid_split": cfg.valid_split, "valid": valid,
                             "test_split": cfg.test_split, "test": test}}
@@ -335,6 +353,14 @@ def _run(cfg, d, model, task, policy, train_set, valid_set, test_set, pad_id, ou
         policy.save(expert, meta)
     distributed.barrier(d)
     return TrainResult(out, expert, step, best["step"], valid, test, time.perf_counter() - t_start)
+
+
+def rollout_precision(cfg: TrainConfig, engine: Engine) -> str:
+    """The engine precision RL rollouts request: `cfg.rollout_precision`, with auto = fast on CPU (measured
+    faster there, see the field's help), exact elsewhere."""
+    if cfg.rollout_precision != "auto":
+        return cfg.rollout_precision
+    return "fast" if engine.device.type == "cpu" else "exact"
 
 
 def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: TrainConfig, d: Dist,
@@ -364,6 +390,12 @@ def _row(step: int, sums: dict, batch: Batch, norm: float, lr: float, cfg: Train
             row["distinct"] = distinct / prompts
         if cfg.kl_coef > 0:
             row["kl"] = kl / n
+        if batch.rollout_logprobs is not None:  # low-precision rollouts: their importance ratios, before the cap
+            tis_sum, tis_truncated, tis_tokens = distributed.sum_floats(
+                [sums.get("tis_sum", 0.0), sums.get("tis_truncated", 0.0), sums.get("tis_tokens", 0.0)], d)
+            row.update(tis_ratio_mean=tis_sum / max(1.0, tis_tokens),
+                       tis_ratio_max=max(distributed.gather_objects(sums.get("tis_max", 1.0), d)),
+                       tis_truncated=tis_truncated / max(1.0, tis_tokens))
     return row
 
 

@@ -19,6 +19,16 @@ with the untempered log π (what this code did before) gives a gradient of a dif
 the same sampled token gets a ∇log π that ignores the 1/T sharpening, and top-p's excluded tail still pulls on
 the gradient. Greedy rollouts (T = 0, the paper's recipe) have no sampling distribution: they keep the paper's
 log π at T = 1. The KL term always compares the untempered policies.
+
+Low-precision rollouts (int8 / bf16, `--rollout-precision`): the tokens were sampled from π_rollout, the
+low-precision model's sampling distribution, while the gradient is taken through the fp32 π_train. Each token's
+term is weighted by the truncated importance ratio w_t = min(π_train(y_t) / π_rollout(y_t), C), detached
+(`truncated_ratio`; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training",
+as RL libraries do for vLLM rollouts): per token, the sample of π_rollout is reweighted to one of π_train, so
+the gradient estimates π_train's own policy gradient (the prefixes' mismatch is left uncorrected, as there); the
+cap C bounds the variance of tokens that π_rollout found far less likely than π_train does, at the price of a
+small bias there. Both log-probs are of the sampling distribution (temperature, nucleus) the loss uses. Exact
+rollouts have w = 1 and skip it: the loss is the one above, bit for bit.
 """
 
 from __future__ import annotations
@@ -102,14 +112,34 @@ def kl_to_base(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) 
     return (per_token * mask).sum(-1)  # (N,)
 
 
-def reinforce_loss(token_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, normalizer: float,
-                   kl: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """SPEC §2: loss = Σ_i [−A_i · Σ_t log π(ŷ_it) + λ·KL_i] / normalizer.
+def truncated_ratio(logp_train: torch.Tensor, logp_rollout: torch.Tensor, mask: torch.Tensor,
+                    cap: float) -> tuple[torch.Tensor, dict]:
+    """Per-token truncated importance weights min(exp(logp_train − logp_rollout), cap), detached, and their sums
+    for the metrics: {"tis_sum", "tis_max", "tis_truncated" (tokens whose ratio exceeded cap), "tis_tokens"} over
+    the real tokens. logp_train, logp_rollout, mask (N, T) → (N, T) (1 on padding)."""
+    ratio = torch.exp(logp_train.detach().float() - logp_rollout.float())  # (N, T)
+    real = mask > 0
+    ratio = torch.where(real, ratio, torch.ones_like(ratio))
+    on = ratio[real]
+    metrics = {"tis_sum": float(on.sum()), "tis_max": float(on.max()) if on.numel() else 1.0,
+               "tis_truncated": float((on > cap).sum()), "tis_tokens": float(on.numel())}
+    return ratio.clamp(max=cap), metrics
 
-    token_logp (N, T), mask (N, T), advantages (N,), kl (N,) or None. Returns (loss, metrics of this part).
+
+def reinforce_loss(token_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, normalizer: float,
+                   kl: torch.Tensor | None = None, kl_coef: float = 0.0,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """SPEC §2: loss = Σ_i [−A_i · Σ_t w_it log π(ŷ_it) + λ·KL_i] / normalizer, w = 1 unless `weights` is given
+    (the truncated importance weights of low-precision rollouts, `truncated_ratio`).
+
+    token_logp (N, T), mask (N, T), advantages (N,), kl (N,) or None, weights (N, T) detached or None. Returns
+    (loss, metrics of this part; `logp` is the unweighted Σ_t log π).
     """
     seq_logp = (token_logp * mask).sum(-1)  # (N,)
-    loss = -(advantages * seq_logp).sum()
+    if weights is None:
+        loss = -(advantages * seq_logp).sum()
+    else:
+        loss = -(advantages * (weights * token_logp * mask).sum(-1)).sum()
     metrics = {"logp": float(seq_logp.detach().sum())}
     if kl is not None:
         loss = loss + kl_coef * kl.sum()

@@ -4,7 +4,9 @@
 checkpoints, so a resumed run sees the same prompts. `rollouts()` is a generator (nanochat's shape): each
 `next()` draws this rank's shard of the next global batch, generates with the current policy (merged weights,
 no grad), scores the completions with the task, and yields a `Batch` of (prompt ids, sampled ids, rewards,
-advantages). Sampling is seeded per (seed, step, rank), so it needs no generator state in checkpoints.
+advantages; with a low-precision engine also the log-prob of each sampled token under the distribution it was
+drawn from, for the loss's importance weights). Sampling is seeded per (seed, step, rank), so it needs no
+generator state in checkpoints.
 `sft_batches()` yields the same `Batch` with the reference reply as the completion.
 """
 
@@ -70,6 +72,8 @@ class Batch:
     answered: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (N,) extractable
     answers: list[str] = field(default_factory=list)  # (N,) what the scorer extracted ("" for nothing)
     group: int = 1  # G: sequences come in runs of G sharing one prompt
+    # (N,) per completion token, log π_rollout(token) as sampled (non-exact rollouts only; None: exact)
+    rollout_logprobs: list[list[float]] | None = None
 
     @property
     def size(self) -> int:
@@ -99,7 +103,10 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
              batch_size: int, samples_per_prompt: int, params: SamplingParams, wrong_reward: float, seed: int,
              start_step: int, d: Dist, baseline: str = "loo", advantage_norm: str = "none") -> Iterator[Batch]:
     """Yield one `Batch` per step: this rank's shard of `batch_size` prompts, G samples each, scored, with
-    advantages from `losses.advantages(rewards, baseline, advantage_norm)` within each prompt's group."""
+    advantages from `losses.advantages(rewards, baseline, advantage_norm)` within each prompt's group. When
+    `engine` computes in a low precision, the batch carries the sampled tokens' log-probs as the engine drew them
+    (`rollout_logprobs`)."""
+    lowp = engine.compute_precision != "exact"
     step = start_step
     cache: dict[int, list[int]] = {}
     G = samples_per_prompt
@@ -113,14 +120,15 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
         prompts = [cache[i] for i in mine for _ in range(G)]
         step_params = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                                      top_p=params.top_p, stop=params.stop,
-                                     seed=None if params.greedy else hash_seed(seed, step, d.rank))
+                                     seed=None if params.greedy else hash_seed(seed, step, d.rank), logprobs=lowp)
         with policy.generating():
             outs = engine.generate(prompts, step_params)
         prefixes = [task.response_prefix(e) for e in exs]
         rewards, correct, answered, answers = score(task, exs, [o.text for o in outs], prefixes,
                                                     wrong_reward)  # (N,) each
         advantages = group_advantages(rewards.view(len(mine), G), baseline, advantage_norm).view(-1)  # (N,)
-        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages, answered, answers, G)
+        yield Batch(exs, prompts, [o.token_ids for o in outs], rewards, correct, advantages, answered, answers, G,
+                    [o.token_logprobs for o in outs] if lowp else None)
 
 
 def sft_pair(tokenizer, task: Task, example: Example) -> tuple[list[int], list[int]]:

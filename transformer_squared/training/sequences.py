@@ -57,6 +57,17 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                   mask.to(device), list(index))
 
 
+def pad_completions(values: Sequence[Sequence[float]], index: Sequence[int], width: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-token values of the completions `index` (e.g. their rollout log-probs), right-padded with 0 as `pack`
+    lays the completion tokens out: (N, width)."""
+    out = torch.zeros(len(index), width)
+    for row, i in enumerate(index):
+        if len(values[i]):
+            out[row, : len(values[i])] = torch.tensor(values[i], dtype=torch.float32)
+    return out.to(device)
+
+
 def micro_batches(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], max_tokens: int,
                   group: int = 1) -> list[list[int]]:
     """Group sequence indices into micro-batches of at most `max_tokens` padded tokens (at least one prompt
