@@ -30,7 +30,7 @@ ARC_COMMON=(--steps 15 --batch-size 8 --max-new-tokens 64 --schedule constant --
             --test-limit 256 --no-progress)
 SVF_ARC=(--method svf --lr 4e-3)
 LORA_ARC=(--method lora --lr 1e-4)
-RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
+RL=(--objective rl --samples-per-prompt 4 --temperature 1.0 --rollout-precision exact)  # as measured: exact rollouts
 
 run_t2() {  # run_t2 train|eval NAME ARGS...: one `t2 train` / `t2 eval` into runs/NAME, skipped when its result
   # exists, resumed when interrupted (a training checkpoint, or evaluation records)
@@ -106,7 +106,7 @@ stage_dispatch() {  # the classification expert, trained with RL: the recipe tha
   train dispatch-svf-rl --task dispatch --experts experts --method svf --objective rl --samples-per-prompt 32 \
         --temperature 1.0 --advantage-norm std --kl-coef 0.1 --lr 2e-3 --schedule constant --steps 20 \
         --batch-size 8 --max-new-tokens 2 --eval-every 10 --valid-limit 200 --test-limit 150 --eval-batch-size 64 \
-        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --no-progress
+        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --rollout-precision exact --no-progress
   ship dispatch-svf-rl dispatch
 }
 
