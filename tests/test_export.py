@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.training.tinylm import tiny_tokenizer
 from transformer_squared.adapted import AdaptedModel
 from transformer_squared.errors import T2Error
 from transformer_squared.experts import Expert
@@ -243,3 +244,45 @@ def test_cli_export_user_errors_are_one_line(capsys, tmp_path, argv, match):
     code = main(["expert", "export", str(tmp_path / "e"), "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+# The expert's metadata (expert.json) and the model's config.json, missing or damaged: `t2 expert export` ends in
+# one line on stderr and exit status 2, before writing anything.
+LATIN1 = '{"name": "caf\xe9"}'.encode("latin-1")
+BAD_EXPERT = [
+    (None, "not an expert (needs expert.safetensors and expert.json)"),
+    (b'{"format_version": 1,', "expert.json: not valid JSON (Expecting property name"),
+    (LATIN1, "expert.json:1: expert metadata is not UTF-8 text (byte 0xe9 at offset 13)"),
+    (b"[]", "expert.json: expected a JSON object (expert metadata), got an array"),
+]
+BAD_CONFIG = [
+    (None, "not a Hugging Face model directory (no config.json)"),
+    (b'{"model_type": "llama",', "config.json: not valid JSON (Expecting property name"),
+    (b"", "config.json: not valid JSON (Expecting value at column 1)"),
+    (LATIN1, "config.json:1: model config is not UTF-8 text (byte 0xe9 at offset 13)"),
+    (b"[1, 2]", "config.json: expected a JSON object (a model config), got an array"),
+    (b'{"model_type": "no-such-architecture"}', "has model type `no-such-architecture` but Transformers does not"),
+]
+
+
+@pytest.mark.parametrize("broken, content, match", [("expert", c, m) for c, m in BAD_EXPERT]
+                         + [("model", c, m) for c, m in BAD_CONFIG])
+@pytest.mark.parametrize("fmt", [["--format", "merged"], ["--format", "lora", "--rank", "2"]], ids=["merged", "lora"])
+def test_cli_export_with_a_damaged_config_is_one_line(capsys, tmp_path, fmt, broken, content, match):
+    from transformer_squared.cli.main import main
+
+    am = tiny("llama")
+    random_expert(am).save(tmp_path / "e")
+    model = tmp_path / "model"  # a config and a tokenizer: all a model directory needs to get this far
+    tiny_tokenizer().save_pretrained(model)
+    (model / "config.json").write_text(am.model.config.to_json_string())
+    damaged = tmp_path / "e" / "expert.json" if broken == "expert" else model / "config.json"
+    if content is None:
+        damaged.unlink()
+    else:
+        damaged.write_bytes(content)
+    code = main(["expert", "export", str(tmp_path / "e"), "--model", str(model), "--out", str(tmp_path / "o"), *fmt])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("t2 expert: error: ") and err.count("\n") == 1, err
+    assert match in err, err
+    assert not (tmp_path / "o").exists()

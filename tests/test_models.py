@@ -31,6 +31,21 @@ def test_directory_without_config(tmp_path):
         load_model(str(tmp_path))
 
 
+@pytest.mark.parametrize("config, match", [
+    (b"{oops", r"config.json: not valid JSON \(Expecting property name .* at column 2\); fix it"),
+    (b"[1, 2]", r"config.json: expected a JSON object \(a model config\), got an array"),
+    ('{"model_type": "caf\xe9"}'.encode("latin-1"), r"config.json:1: model config is not UTF-8 text \(byte 0xe9"),
+    (None, r"could not load model .*: Couldn't instantiate the backend tokenizer"),  # a config, no tokenizer
+])
+def test_damaged_model_directory_is_a_one_line_error(tmp_path, config, match):
+    tiny_model("llama").config.save_pretrained(tmp_path)
+    if config is not None:
+        (tmp_path / "config.json").write_bytes(config)
+    with pytest.raises(T2Error, match=match) as e:
+        load_model(str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
 def test_embedded_default_loads_from_gguf_and_generates(embedded):
     assert embedded.source == "alias" and embedded.model.config.model_type == "llama"
     tok = embedded.tokenizer

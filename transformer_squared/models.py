@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import T2Error
-from .fileio import atomic_path
+from .fileio import atomic_path, json_kind, parse_json, read_text
 from .paths import cache_dir
 
 if TYPE_CHECKING:
@@ -154,12 +154,24 @@ def resolve(spec: str) -> tuple[Path | str, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise T2Error(f"{spec}: not a Hugging Face model directory (no config.json)")
+        check_config(path / "config.json")
         return path, "local"
     if path.exists():
         raise T2Error(f"{spec}: not a model directory or a .gguf file")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec.strip():
         raise T2Error(f"{spec}: no such model directory; known aliases: {', '.join(ALIASES)}")
     return spec, "hub"
+
+
+def check_config(path: Path) -> dict[str, Any]:
+    """A local model's config.json as a dict, or a one-line T2Error: transformers reads it with a traceback when it
+    is a JSON array or number, and calls a Latin-1 file "not a valid JSON file"."""
+    config = parse_json(read_text(path, what="model config"), str(path),
+                        "; fix it, or save the model again with save_pretrained")
+    if not isinstance(config, dict):
+        raise T2Error(f"{path}: expected a JSON object (a model config), got {json_kind(config)}; fix it, or save "
+                      f"the model again with save_pretrained")
+    return config
 
 
 def load_model(
@@ -185,6 +197,11 @@ def load_model(
     except OSError as e:
         hint = " (no hub access here? pass a local directory, a .gguf file or an alias; see `t2 models`)"
         raise T2Error(f"could not load model {spec!r}: {str(e).splitlines()[0]}{hint if source == 'hub' else ''}")
+    except ValueError as e:
+        # What transformers says of files it cannot use (no or an unknown model_type, no tokenizer it can build),
+        # often over several lines: the start of it on one line (the rest can be a list of every model type).
+        text = " ".join(str(e).split())
+        raise T2Error(f"could not load model {spec!r}: {text if len(text) <= 300 else text[:300] + ' ...'}") from None
     if device.type != "cpu":
         model.to(device)
     model.eval()
