@@ -38,8 +38,10 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
-# Without the `slow` tests: those that load the real embedded model (marked by tests/conftest.py), run
-# subprocesses or sweep every reference solution through the sandbox.
+# Without the `slow` tests (the `markers` entry in pyproject.toml): those that load the real embedded model
+# (marked by tests/conftest.py), start their own processes (t2, the sandbox, helpers) or take more than ~1 s on
+# their own. About 50 s of CPU time; the first run on a machine adds ~30 s converting the embedded model's GGUF file
+# (the CLI tests use its tokenizer).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

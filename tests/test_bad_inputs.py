@@ -173,6 +173,7 @@ def test_train_refuses_a_read_only_out(capsys, tmp_path, task_file):
                    "Permission denied")
 
 
+@pytest.mark.slow  # the installed `t2` in a subprocess
 def test_train_out_check_in_a_subprocess(tmp_path, task_file):
     """The installed command: one line, status 2, nothing left behind, and in well under a second."""
     t2 = Path(sys.executable).with_name("t2")

@@ -60,8 +60,12 @@ def test_paired_interval_matches_newcombes_method_10_reference():
 
 def test_paired_interval_is_sane_at_the_edges():
     assert paired_difference_interval(0, 0, 0, 0) == (-1.0, 1.0)
-    lo, hi = paired_difference_interval(both=50, only_a=0, only_b=0, neither=0)  # identical, all right
-    assert lo <= 0 <= hi and -1 <= lo and hi <= 1
+    # identical outcomes, all right or all wrong: phi = 0 and both Wilson intervals are [1 - w, 1] (or [0, w]) with
+    # w = z²/(n + z²), so the interval is ±w: not zero-width at a difference of 0
+    z2 = 1.959964 ** 2
+    for cells in ({"both": 50, "neither": 0}, {"both": 0, "neither": 50}):
+        lo, hi = paired_difference_interval(only_a=0, only_b=0, **cells)
+        assert (lo, hi) == pytest.approx((-z2 / (50 + z2), z2 / (50 + z2)), abs=1e-6)
     lo, hi = paired_difference_interval(both=0, only_a=0, only_b=30, neither=0)  # B right everywhere A is wrong
     assert 0 < lo < hi == 1.0
 

@@ -1,4 +1,4 @@
-"""matplotlib is an optional extra: training without it still saves its expert and skips the plots."""
+"""plots.py: matplotlib is an optional extra; training without it still saves its expert and skips the plots."""
 
 import sys
 import warnings
@@ -9,7 +9,8 @@ from transformer_squared import plots
 from transformer_squared.experts import Expert
 from transformer_squared.training import TrainConfig, train
 
-from .tinylm import tiny_lm, write_task
+from tests.training.conftest import one_thread  # noqa: F401 (autouse: training runs on one thread)
+from tests.training.tinylm import tiny_lm, write_task
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from transformer_squared.errors import T2Error
 from transformer_squared.tasks import get_task, list_tasks
 
 
+@pytest.mark.slow  # reads three tasks' training splits: ~2 s
 def test_balanced_seeded_and_drawn_from_training_splits_only(shared_data):
     task = get_task("dispatch", per_domain=6)
     train = task.load("train", shared_data)
@@ -87,6 +88,7 @@ def test_errors(tmp_path):
         get_task("dispatch", domains={"math": "gsm9k"})
 
 
+@pytest.mark.slow  # reads three tasks' training splits: ~1.5 s
 def test_prompt_forms_plain_and_mixed(shared_data):
     """`form` writes prompts as the benchmark does, as a user would type them, or a seeded mix of both."""
     template = get_task("dispatch", per_domain=20).load("train", shared_data)
@@ -108,6 +110,7 @@ def test_prompt_forms_plain_and_mixed(shared_data):
         get_task("dispatch", form="casual")
 
 
+@pytest.mark.slow  # a fresh interpreter in a subprocess
 def test_the_registry_reaches_the_dispatch_task_without_tasks_importing_adaptation():
     import subprocess
     import sys

@@ -25,6 +25,7 @@ def parity_task(tmp_path):
     return task
 
 
+@pytest.mark.slow  # a CEM search: over 1 s on 2 shared cores
 def test_adapt_saves_a_mixed_expert_that_reproduces_its_fitness(chat_runtime, parity_task, tmp_path):
     config = FewShotConfig(shots=4, seed=1, cem=CEMConfig(population=4, iterations=2, seed=0))
     expert, result = adapt_fewshot(chat_runtime, parity_task, config, checkpoint=tmp_path / "cem.json")

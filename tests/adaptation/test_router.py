@@ -44,6 +44,7 @@ def test_threshold_sends_far_prompts_to_others_and_round_trips(tmp_path):
     assert back.predict(feats)[0] == labels and back.meta["fingerprint"] == "abc"
 
 
+@pytest.mark.slow  # fits a router: over 1 s on 2 shared cores
 def test_router_strategy_fits_on_first_use_and_caches_beside_the_experts(tmp_path, chat_am, shared_data,
                                                                          smol_tokenizer):
     from .conftest import random_experts, tiny_chat_lm

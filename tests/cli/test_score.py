@@ -82,6 +82,7 @@ def test_unknown_task_and_split(tmp_path, data, capsys):
     assert "has no split 'train'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # sandboxed programs (processes)
 def test_library_function_scores_code_in_parallel(data):
     examples = get_task("humaneval").load("test", data)[:3]
     preds = [{"id": ex.id, "output": ex.solution} for ex in examples]
@@ -91,6 +92,7 @@ def test_library_function_scores_code_in_parallel(data):
     assert [r["correct"] for r in records] == [True, False, True]
 
 
+@pytest.mark.slow  # the installed `t2` in a subprocess
 def test_installed_command_in_a_subprocess(tmp_path, data):
     task_file = _predictions(tmp_path / "task.jsonl", [{"id": "q1", "prompt": "2+2?", "answer": 4},
                                                        {"id": "q2", "prompt": "3*3?", "answer": 9}])

@@ -47,6 +47,7 @@ def test_bad_limit_is_a_one_line_error(tiny_model_dir, tiny_experts_dir):
     assert main(["serve", "--model", str(tiny_model_dir), "--experts", str(tiny_experts_dir), "--max-queue", "0"]) == 2
 
 
+@pytest.mark.slow  # a `t2 serve` subprocess
 def test_serve_answers_and_drains_on_sigterm(tiny_model_dir, tiny_experts_dir):
     port = free_port()
     cmd = [sys.executable, "-m", "transformer_squared.cli.main", "serve", "--model", str(tiny_model_dir),
@@ -72,7 +73,8 @@ def test_serve_answers_and_drains_on_sigterm(tiny_model_dir, tiny_experts_dir):
                                timeout=60)
         r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "2 + 2?"}],
                                            temperature=0, max_tokens=4)
-        assert r.expert in ("base", "math", "code") and r.usage.completion_tokens <= 4  # real prompt strategy
+        # the real prompt strategy: 4 tokens of the tiny random model name no domain, so the base weights answer
+        assert r.expert == "base" and r.usage.completion_tokens <= 4
 
         stream = client.chat.completions.create(model="math", messages=[{"role": "user", "content": "Go on"}],
                                                 temperature=0, max_tokens=150, stream=True)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.training.conftest import one_thread  # noqa: F401 (autouse: training runs on one thread)
 from transformer_squared.cli.main import main
 from transformer_squared.experts import Expert
 

@@ -56,6 +56,7 @@ def test_rows_joining_a_running_batch_decode_as_alone(arch):
         assert r.finish_reason == ("stop" if r.token_ids[-1] in engine.eos else "length")
 
 
+@pytest.mark.slow  # over 1 s on 2 shared cores
 def test_a_long_stream_of_joins_keeps_the_cache_bounded():
     """One row joins every step for 30 steps: outputs equal each alone, and the cache's length stays near the
     longest prompt plus the steps left (re-laid out now and then), not the number of steps run."""

@@ -111,7 +111,7 @@ def test_int8_does_not_saturate_on_large_same_sign_inputs():
     x = torch.ones(4, 256) * 3.0
     y = lowp.run(lowp.prepare("int8", w, None), x)
     assert _rel(y, F.linear(x, w)) < 0.01
-    assert lowp.int8_weight_max() in (63, 127)
+    assert lowp.int8_weight_max() == (127 if "avx512_vnni" in lowp.cpu_features() else 63)
 
 
 @torch.no_grad()

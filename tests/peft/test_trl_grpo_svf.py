@@ -11,6 +11,10 @@ from transformer_squared.cli.main import main
 from transformer_squared.experts import Expert
 
 pytest.importorskip("trl")
+
+# A GRPO training run through TRL: ~45 s on 2 shared cores.
+pytestmark = pytest.mark.slow
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trl_grpo_svf.py"
 ROWS = [{"id": "a", "prompt": "What is 2 + 3?", "answer": "5"}, {"id": "b", "prompt": "What is 4 * 2?", "answer": "8"},
         {"id": "c", "prompt": "What is 9 - 7?", "answer": "2"}, {"id": "d", "prompt": "What is 6 / 3?", "answer": "2"}]

@@ -12,6 +12,9 @@ import pytest
 
 from transformer_squared.sandbox import CodeCheck, SandboxLimits, run_check, run_checks
 
+# Every test runs sandboxed programs (processes): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 LIMITS = SandboxLimits(timeout=20.0)  # generous: the CI box is shared; the hang below is the only slow one
 UNPASSABLE = ("def check(candidate):\n    assert candidate(2, 3) == 5\n    assert False, 'no program passes this'\n"
               "\ncheck(candidate)\n")
@@ -174,7 +177,7 @@ def _checks(answer: str) -> list[CodeCheck]:
             for code in FORGERS.values()]
 
 
-@pytest.mark.slow  # every forger through two sandboxes: ~25 s each on 2 shared cores (make test runs it)
+# every forger through two sandboxes: ~25 s each on 2 shared cores
 @pytest.mark.parametrize("answer", ["a + b", "0"], ids=["correct-add-unpassable-tests", "wrong-add-strict-tests"])
 def test_no_forgery_passes(answer):
     results = run_checks(_checks(answer), limits=LIMITS, workers=2)

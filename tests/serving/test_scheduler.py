@@ -52,6 +52,7 @@ def answer_alone(scheduler, sam, model, content, n):
     return c.result
 
 
+@pytest.mark.slow  # over 1 s on 2 shared cores
 def test_requests_join_a_running_batch_and_answer_as_alone(scheduler, sam):
     asks = [("math", "Tell me about triangles", 40), ("code", "Sort a list", 3), ("base", "Hello!", 20),
             ("auto", "A math puzzle", 9)]

@@ -84,7 +84,8 @@ def test_model_selection_names_the_expert(server, model, content, expert):
     assert raw.headers["x-t2-expert"] == expert
     assert r.expert == expert and r.system_fingerprint.endswith(":" + expert) and r.model == model
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
-    assert r.choices[0].finish_reason in ("stop", "length") and 1 <= r.usage.completion_tokens <= 6
+    # the tiny random model never samples EOS in 6 tokens: every answer runs to max_tokens
+    assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("length", 6)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
@@ -188,6 +189,7 @@ MIXED = [("math", "Tell me about triangles", 5), ("base", "Hello!", 12), ("code"
          ("auto", "A math puzzle for you", 12), ("math", "Another one", 3)]
 
 
+@pytest.mark.slow  # over 1 s on 2 shared cores
 def test_mixed_experts_in_one_batch_equal_each_alone(sam):
     with live_server(sam, max_queue=16, max_tokens=64, batch_wait_ms=5) as server:
         c = server.client()
@@ -257,6 +259,7 @@ def test_queue_full_is_429_and_a_disconnect_frees_its_slot(sam):
     sam.strategy.gate = None
 
 
+@pytest.mark.slow  # ~1 s on 2 shared cores
 def test_shutdown_drains_admitted_requests(sam):
     with live_server(sam, max_queue=4, max_tokens=64, batch_wait_ms=1) as server:
         c = server.client()

@@ -10,6 +10,7 @@ from transformer_squared.tasks.arc import SYSTEM
     ("arc-easy", {"train": 1126, "valid": 1125, "dev": 570, "test": 2376}),
     ("arc-challenge", {"train": 560, "valid": 559, "dev": 299, "test": 1172}),
 ])
+@pytest.mark.slow  # reads every split: ~1 s for ARC-Easy on 2 shared cores
 def test_split_sizes(shared_data, name, sizes):
     task = get_task(name)
     got = {s: len(task.load(s, shared_data)) for s in task.splits}

@@ -37,6 +37,7 @@ def _in_thread(fn):
     return box
 
 
+@pytest.mark.slow  # kills the helper process and starts a new one
 def test_off_main_thread_uses_a_helper_process_that_can_be_killed():
     box = _in_thread(lambda: call_with_timeout(time.sleep, (30,), 0.5))
     assert isinstance(box.get("error"), CallTimeout)
@@ -45,11 +46,13 @@ def test_off_main_thread_uses_a_helper_process_that_can_be_killed():
     assert box == {"value": True}
 
 
+@pytest.mark.slow  # waits for the math-scoring helper process: ~1-2 s on 2 shared cores
 def test_math_equal_works_off_main_thread():
     box = _in_thread(lambda: (math_equal("(x+1)^2", "x^2+2x+1"), math_equal("x^2", "x^3")))
     assert box == {"value": (True, False)}
 
 
+@pytest.mark.slow  # runs out a 1 s budget
 def test_math_equal_shares_one_budget_across_elements():
     hard = "(x+y+1)^{60}"
     math_equal("x", "y")  # starts the helper process, whose imports are not part of any comparison's budget

@@ -75,6 +75,7 @@ def test_checks_keep_the_tests_away_from_the_candidate(shared_data):
     assert check.aliases == {"candidate": "has_close_elements", "has_close_elements": "has_close_elements"}
 
 
+@pytest.mark.slow  # sandboxed programs (processes)
 def test_mbpp_wrong_and_cheating_solutions_fail(shared_data):
     task = get_task("mbpp")
     examples = task.load("test", shared_data)[:2]
@@ -102,6 +103,7 @@ def test_humaneval_all_canonical_solutions_pass(shared_data):
     assert [ex.id for ex, v in zip(examples, verdicts) if not v.correct] == []
 
 
+@pytest.mark.slow  # sandboxed programs (processes)
 def test_humaneval_reply_forms(shared_data):
     task = get_task("humaneval", timeout=TIMEOUT)
     examples = task.load("test", shared_data)

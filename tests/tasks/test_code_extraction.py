@@ -129,6 +129,7 @@ def test_invalid_escapes_in_replies_warn_nothing(recwarn):
 # ------------------------------------------------------------------------------------ scored end to end
 
 
+@pytest.mark.slow  # sandboxed programs (processes)
 def test_humaneval_scores_the_issue_cases():
     task = HumanEval(timeout=20.0)
     replies = [
@@ -147,6 +148,7 @@ def test_humaneval_scores_the_issue_cases():
     assert [v.correct for v in verdicts] == [True] * 5 + [False] * 2, [v.detail for v in verdicts]
 
 
+@pytest.mark.slow  # a sandboxed program (a process)
 def test_mbpp_program_with_main_block_reading_stdin_passes():
     example = Example(id="mbpp/x", prompt="Add two numbers.", tests=("assert add(1, 2) == 3",),
                       meta={"task_id": 0, "setup": "", "entry_point": "add"})

@@ -56,6 +56,7 @@ def test_choice_scorer_maps_text_answers_to_letters(tmp_path):
     assert not task.score(a, "I think so.").correct
 
 
+@pytest.mark.slow  # a sandboxed program (a process)
 def test_python_scorer_runs_tests_in_the_sandbox(tmp_path):
     f = _write(tmp_path / "code.jsonl", [
         {"id": 1, "prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]},

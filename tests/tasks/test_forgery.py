@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from transformer_squared.tasks import get_task
+
+# Every test runs sandboxed programs (processes): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 # Each reply carries a correct solution *and* a trick; against tests that assert False only a trick could pass.
 TRICKS = [

@@ -25,6 +25,7 @@ def test_prompt_is_the_papers(shared_data):
     assert task.domain == "math" and task.max_new_tokens == 512
 
 
+@pytest.mark.slow  # scores every reference answer: ~1 s on 2 shared cores
 def test_reference_answers_score_correct(shared_data):
     task = get_task("gsm8k")
     for split in ("test", "valid"):

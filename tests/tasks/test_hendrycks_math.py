@@ -7,6 +7,7 @@ from transformer_squared.tasks.hendrycks_math import SYSTEM
 from transformer_squared.tasks.scoring import extract_math_answer, verify_math
 
 
+@pytest.mark.slow  # reads all 12,500 problems: ~1 s on 2 shared cores
 def test_splits_and_ids(shared_data):
     task = get_task("math")
     sizes = {s: len(task.load(s, shared_data)) for s in task.splits}
@@ -43,6 +44,7 @@ def test_the_grader_accepts_every_math500_answer(shared_data):
     assert wrong == []
 
 
+@pytest.mark.slow  # a bounded-scoring helper process
 def test_wrong_and_equivalent_outputs(shared_data):
     task = get_task("math500")
     ex = next(e for e in task.load("test", shared_data) if e.answer == "\\frac{14}{3}")

@@ -228,6 +228,7 @@ def test_math_equal_false(pred, gold):
 
 
 @pytest.mark.parametrize("pred", ["9^{9^{9^{9}}}", "1000000!"])
+@pytest.mark.slow  # runs out the time budget, in a helper process for some inputs
 def test_math_equal_is_bounded_even_in_c_code(pred):
     """Why the grader runs in a killable helper: these sit in sympy's C big-integer code for minutes, where no
     signal (math-verify's own timeout, or ours) can interrupt them."""
@@ -237,6 +238,7 @@ def test_math_equal_is_bounded_even_in_c_code(pred):
     assert time.perf_counter() - start < 10          # generous on a loaded machine; unbounded it takes minutes
 
 
+@pytest.mark.slow  # a helper process
 def test_math_equal_leaves_a_callers_alarm_alone():
     """math-verify's own timeouts would cancel a SIGALRM timer the caller owns (pytest-timeout, a server's)."""
     def handler(signum, frame):

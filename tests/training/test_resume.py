@@ -12,6 +12,9 @@ from transformer_squared.training import TrainConfig, train
 
 from .tinylm import tiny_lm, write_task
 
+# Each test trains tiny models several times: 1.5-6 s each on 2 shared cores.
+pytestmark = pytest.mark.slow
+
 RECIPES = {
     # sampled rollouts with the leave-one-out baseline and a KL term: every RNG and all the state matter
     # (trained steps only: a step-0 win would ship z = 1 from both runs, and equal z = 1 proves nothing)

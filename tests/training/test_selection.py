@@ -14,6 +14,9 @@ from transformer_squared.training import TrainConfig, train
 from .test_positive_control import FirstWordIsANumber
 from .tinylm import NUMBERS, tiny_lm
 
+# Each test is a training run with validation: ~1.6 s each on 2 shared cores.
+pytestmark = pytest.mark.slow
+
 
 class FirstWordIsNotANumber(FirstWordIsANumber):
     """The base model already never starts with a number when greedy: 100% on validation that training can only
