@@ -26,6 +26,12 @@ model in bfloat16 as `t2 train --dtype bf16` does (written for GPUs; SVF math st
 (low-precision) CPU mode in the library yet: the JSON says so under `fast_mode`. The issue's target (#14 item 6):
 a step in <= 15 s for SmolLM2-135M on 2 cores.
 
+The machine's floor for the same work (`machine_floor`, measured after the steps in the same process and
+threads, fp32): rollout = the prompts' prefill at this CPU's GEMM throughput + each decoding step's matrix
+products at its rows (bench_roofline.py's method), gradient = 3 x the forward FLOPs of the sequences' tokens at
+the GEMM throughput (torch.mm on the model's shapes). `floor_s`, its parts and `step_over_floor` (step_s / floor)
+are in the JSON; where the floor is above the target, no fp32 implementation can meet it on this machine.
+
 Timings on a shared CPU are noisy: the CPU, thread count and load average are recorded with every figure.
 """
 
@@ -131,6 +137,7 @@ def _measure(spec: dict) -> dict:
             batch = next(batches)
             t2 = time.perf_counter()
             generate_s = engine.stats.prefill_s + engine.stats.decode_s
+            step_rows = list(engine.stats.step_rows)  # rows of each decoding step, for the rollout floor
             forward.update(on=True, s=0.0, calls=0)
             gradient_pass(policy, batch, cfg, float(cfg.batch_size * cfg.samples_per_prompt), pad_id,
                           torch.device("cpu"))
@@ -146,9 +153,13 @@ def _measure(spec: dict) -> dict:
                 "gradient_backward_s": (t3 - t2) - forward["s"], "forward_calls": forward["calls"],
                 "optimizer_s": t4 - t3, "rollouts": batch.size, "completion_tokens": batch.completion_tokens,
                 "sequence_tokens": sum(len(p) + len(c) for p, c in zip(batch.prompts, batch.completions)),
+                "prefill_tokens": sum(len(p) for p in {tuple(p) for p in batch.prompts}),  # repeats prefilled once
+                "decode_step_rows": step_rows,
                 "reward_mean": float(batch.rewards.mean()), "grad_norm": grad_norm,
                 "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]})
             print(f"  {spec['model']} {spec['dtype']} step {step}: {_line(steps[-1])}", file=sys.stderr, flush=True)
+        floor = machine_floor(policy.model, steps, max(spec["eval_batch_size"], max(
+            (r for st in steps for r in st["decode_step_rows"]), default=1)))
     finally:
         for h in hooks:
             h.remove()
@@ -162,7 +173,88 @@ def _measure(spec: dict) -> dict:
             "load_s": load_s, "policy_s": policy_s, "trainable_parameters": sum(p.numel() for p in policy.parameters()),
             "steps_timed": [s["step"] for s in timed],
             **{k: statistics.median(s[k] for s in timed) for k in keys},
+            **floor_figures(floor, timed),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": steps}
+
+
+def machine_floor(model, steps: list[dict], max_rows: int) -> dict:
+    """What this CPU needs at least for the steps' work, measured here (same process, same threads), fp32:
+
+    - decoding: the model's matrix products alone per step (bench_roofline.py's method: real weights in forward
+      order, the fastest of MKL, oneDNN packed and oneDNN packed + fused), timed at 1, 2, 4, ... `max_rows` rows
+      and interpolated for each step's rows;
+    - GEMM throughput: torch.mm on the model's shapes (every distinct linear layer's and the LM head's) at 512
+      rows (compute-bound), FLOP-weighted: it prices the prefill and the gradient pass.
+    Each step's floor is then filled in by `step_floor`. Nothing else (attention, norms, sampling, Python, the
+    SVF term, the optimizer) is counted: a lower bound, which no engine or trainer reaches."""
+    import torch
+    from bench_roofline import layer_weights, products_seconds
+
+    if next(model.parameters()).dtype != torch.float32:
+        return {"error": "the floor is fp32's (this run's model is not fp32)"}
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        return {"error": "the floor reads the Llama-family layout (model.model.layers)"}
+    with torch.no_grad():
+        sizes = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i <= max_rows} | {max_rows})
+        products = {}
+        for rows in sizes:
+            products[rows] = min(products_seconds(model, rows, kind, fused, True, 3)
+                                 for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
+        weights = [w for ws in layer_weights(model, False) for w in ws]
+        head = model.lm_head.weight
+        shapes: dict[tuple[int, int], int] = {}
+        for w in [*weights, head]:
+            shapes[tuple(w.shape)] = shapes.get(tuple(w.shape), 0) + 1
+        m, flops, seconds = 512, 0.0, 0.0
+        for (out_f, in_f), count in shapes.items():
+            x, wt = torch.randn(m, in_f), torch.randn(in_f, out_f)
+            t = statistics.median(_timed(lambda: torch.mm(x, wt)) for _ in range(3))
+            flops += count * 2 * m * in_f * out_f
+            seconds += count * t
+    return {"products_s_by_rows": products, "gemm_GFLOPs": flops / seconds / 1e9,
+            "layer_params": sum(w.numel() for w in weights), "head_params": head.numel()}
+
+
+def _timed(fn) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def step_floor(floor: dict, step: dict) -> dict:
+    """One step's floor in seconds: rollout (prefill of the distinct prompts at the GEMM throughput + each
+    decoding step's products at its rows) + gradient (3 x the forward FLOPs of the sequences' tokens: forward,
+    and a backward of twice its products, at the GEMM throughput; the LM head over the completion tokens)."""
+    rate = floor["gemm_GFLOPs"] * 1e9
+    by_rows = sorted(floor["products_s_by_rows"].items())
+
+    def products(rows: int) -> float:  # piecewise linear in the rows between the timed sizes
+        for (r0, s0), (r1, s1) in zip(by_rows, by_rows[1:]):
+            if rows <= r1:
+                return s0 + (s1 - s0) * (rows - r0) / (r1 - r0)
+        return by_rows[-1][1] * rows / by_rows[-1][0]
+
+    prefill = 2 * floor["layer_params"] * step["prefill_tokens"] / rate
+    decode = sum(products(r) for r in step["decode_step_rows"])
+    forward_flops = 2 * (floor["layer_params"] * step["sequence_tokens"]
+                         + floor["head_params"] * step["completion_tokens"])
+    gradient = 3 * forward_flops / rate
+    return {"floor_s": prefill + decode + gradient, "floor_rollout_s": prefill + decode,
+            "floor_rollout_prefill_s": prefill, "floor_rollout_decode_s": decode, "floor_gradient_s": gradient}
+
+
+def floor_figures(floor: dict, timed: list[dict]) -> dict:
+    """The floor of the timed steps (medians, as the step's figures) and step_s / floor, or the reason there is
+    none."""
+    if "error" in floor:
+        return {"floor_error": floor["error"]}
+    per_step = [step_floor(floor, s) for s in timed]
+    out = {k: statistics.median(f[k] for f in per_step) for k in per_step[0]}
+    out["step_over_floor"] = statistics.median(s["step_s"] / f["floor_s"] for s, f in zip(timed, per_step))
+    out["floor_gemm_GFLOPs"] = floor["gemm_GFLOPs"]
+    out["floor_products_s_by_rows"] = floor["products_s_by_rows"]
+    return out
 
 
 def _line(r: dict) -> str:
@@ -235,6 +327,14 @@ def main(argv=None) -> int:
                 verdict = "meets" if row["step_s"] <= TARGET_STEP_SECONDS else "misses"
                 print(f"{model} {dtype}: {_line(row)}; peak RSS {row['peak_rss_mb']:.0f} MB ({verdict} the "
                       f"{TARGET_STEP_SECONDS:.0f} s target)", flush=True)
+                if "floor_s" in row:
+                    print(f"  machine floor {row['floor_s']:.1f} s = rollout {row['floor_rollout_s']:.1f} (prefill "
+                          f"{row['floor_rollout_prefill_s']:.2f} + decode products {row['floor_rollout_decode_s']:.1f})"
+                          f" + gradient {row['floor_gradient_s']:.1f} (3 x forward FLOPs at "
+                          f"{row['floor_gemm_GFLOPs']:.0f} GFLOP/s); step / floor = {row['step_over_floor']:.2f}; "
+                          f"target / floor = {TARGET_STEP_SECONDS / row['floor_s']:.2f}", flush=True)
+                else:
+                    print(f"  no machine floor: {row.get('floor_error')}", flush=True)
     res["loadavg_end"] = os.getloadavg()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from transformer_squared.fileio import atomic_write_json

@@ -12,17 +12,22 @@ Runs, one after the other (so they do not compete for the cores), with OMP_WAIT_
 | generation | bench_generation.py --batch-sizes 16 --new-tokens 32 --rollout 0      | the anchor: engine vs `generate`,   |
 |            |   --variants engine,generate --compiled-generate 16 --precision fast  | eager and static cache + compile;   |
 |            |                                                                       | fast_mode, fast_mode_speedup_b16    |
-| serving    | bench_serving.py --requests 32 --max-tokens 16 (OMP_NUM_THREADS=1)    | serving_throughput_over_sequential, |
-|            |                                                                       | serving_p50_over_single             |
+| serving    | bench_serving.py --requests 64 --max-tokens 16 (OMP_NUM_THREADS=1)    | serving_throughput_over_sequential, |
+|            |                                                                       | serving_p50_over_single; limits:    |
+|            |                                                                       | serving_throughput_limit, _p50_limit|
 | training   | bench_training.py --prompts 4 --new-tokens 32 --steps 1               | svf_over_lora_step                  |
 |            |   (OMP_NUM_THREADS=1)                                                 |                                     |
-| rl_step    | bench_rl_step.py (8 prompts x 4 samples x 64 tokens, 2 steps)         | rl_step_seconds_smollm2             |
+| rl_step    | bench_rl_step.py (8 prompts x 4 samples x 64 tokens, 2 steps)         | rl_step_seconds_smollm2,            |
+|            |                                                                       | rl_step_floor_seconds_smollm2       |
 
 Each writes its JSON and log under `--work-dir` (bench/out/summary/); a benchmark that fails or times out leaves its keys null
 with a `<key>_reason` (its last error line), and the others still run. `fast_mode` is the precision the engine's fast mode
 chose on this machine (int8 or bf16; generation/precision.py) and `fast_mode_speedup_b16` its decoding tokens/s
 over the exact engine's at batch 16, same process, same prompts; both null with the reason where the machine
-has no fast mode (it then runs exact). Never a made-up number. `targets` holds
+has no fast mode (it then runs exact). The limits (`serving_throughput_limit`, `serving_p50_limit`: what a
+zero-overhead server would reach with this engine on this machine) and the floor (`rl_step_floor_seconds_smollm2`:
+the fp32 products and GEMM time of the step's work) are measured by the benchmarks in the same run; a target on
+the wrong side of its limit or floor cannot be met here by the server or the trainer alone. Never a made-up number. `targets` holds
 issue #14's target for each key and `meets_targets` whether the figure meets it. The CPU, the load average before
 and after each benchmark, the commit and any uncommitted library files are recorded: on the shared 2-core
 machines of this workplace every figure depends on what else runs (short runs, one repetition: noisy).
@@ -62,6 +67,10 @@ TARGETS = {
 }
 
 
+# What this machine allows for the targeted figures, measured in the same runs (no target of their own).
+LIMITS = ("serving_throughput_limit", "serving_p50_limit", "rl_step_floor_seconds_smollm2")
+
+
 def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], dict]]:
     """name -> (argv after the interpreter, extra environment) of each short benchmark run."""
     def j(name: str) -> list[str]:
@@ -87,7 +96,7 @@ def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], di
         "generation": (["bench_generation.py", *m, "--batch-sizes", "16", "--new-tokens", "32", "--rollout", "0",
                         "--variants", "engine,generate", "--compiled-generate", "16", "--precision", "fast",
                         *j("generation")], {}),
-        "serving": (["bench_serving.py", *m, "--requests", "32", "--max-tokens", "16", *j("serving")],
+        "serving": (["bench_serving.py", *m, "--requests", "64", "--max-tokens", "16", *j("serving")],
                     {"OMP_NUM_THREADS": "1"}),
         "training": (["bench_training.py", *m, "--prompts", "4", "--new-tokens", "32", "--steps", "1",
                       *j("training")], {"OMP_NUM_THREADS": "1"}),
@@ -228,6 +237,9 @@ def collect(results: dict[str, dict], skipped: set[str]) -> dict:
     serving = results.get("serving", {}).get("data")
     put("serving_throughput_over_sequential", "serving", dig(serving, "speedup_requests_per_s"))
     put("serving_p50_over_single", "serving", dig(serving, "p50_over_lone"))
+    # The machine's limits for the same workload (bench_serving's engine measurement: a zero-overhead server)
+    put("serving_throughput_limit", "serving", dig(serving, "throughput_limit"))
+    put("serving_p50_limit", "serving", dig(serving, "p50_limit"))
     training = results.get("training", {}).get("data")
     put("svf_over_lora_step", "training", dig(training, "ratio_svf_over_lora", "step_seconds"))
     if dig(training, "ratio_svf_over_lora_cpu", "step_seconds") is not None:  # CPU seconds: steadier under load
@@ -240,6 +252,11 @@ def collect(results: dict[str, dict], skipped: set[str]) -> dict:
             "merge_s", "rollout_s", "rollout_generate_s", "rollout_score_s", "gradient_s", "gradient_forward_s",
             "gradient_backward_s", "optimizer_s") if k in rl_run}
         out["rl_step_threads"] = rl_run.get("threads")
+    # The machine's floor for the same step (bench_rl_step's machine_floor: fp32 products and GEMM throughput)
+    put("rl_step_floor_seconds_smollm2", "rl_step", rl_run.get("floor_s"), rl_run.get("error") or rl_run.get(
+        "floor_error"))
+    if rl_run.get("floor_s") is not None:
+        out["rl_step_over_floor_smollm2"] = rl_run.get("step_over_floor")
 
     # Item 3's anchor: transformers' own fastest generate (static cache + torch.compile) next to the engine.
     b16 = dig(gen, "runs", "16") or {}
@@ -326,6 +343,9 @@ def main(argv=None) -> int:
             v = summary[key]
             shown = f"{v:.3g}" if v is not None else f"null ({summary.get(key + '_reason')})"
             print(f"{key:<38} {shown:<12} target {'<=' if kind == 'max' else '>='} {bound}")
+        for key in LIMITS:  # the machine's side of the targets above
+            v = summary[key]
+            print(f"{key:<38} " + (f"{v:.3g}" if v is not None else f"null ({summary.get(key + '_reason')})"))
         print(f"{summary['cpu']}, load average {load_start[0]:.1f} -> {summary['load_avg']['end'][0]:.1f}, "
               f"{summary['seconds']:.0f} s; wrote {a.out}")
     print(f"[summary] wrote {a.out}", file=sys.stderr)

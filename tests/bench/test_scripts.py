@@ -16,12 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = ("cpu", "load_avg", "targets", "meets_targets", "benchmarks", "decode_step_over_floor_b16",
                 "decode_step_over_floor_b64", "prefill_over_floor", "fast_mode_speedup_b16", "fast_mode",
                 "serving_throughput_over_sequential", "serving_p50_over_single", "svf_over_lora_step",
-                "rl_step_seconds_smollm2", "anchor_generate_b16")
+                "rl_step_seconds_smollm2", "anchor_generate_b16", "serving_throughput_limit", "serving_p50_limit",
+                "rl_step_floor_seconds_smollm2")
+LIMITS = ("serving_throughput_limit", "serving_p50_limit", "rl_step_floor_seconds_smollm2")  # no targets
 TARGETED = ("decode_step_over_floor_b16", "decode_step_over_floor_b64", "prefill_over_floor",
             "fast_mode_speedup_b16", "serving_throughput_over_sequential", "serving_p50_over_single",
             "svf_over_lora_step", "rl_step_seconds_smollm2")
 STEP_KEYS = ("step_s", "merge_s", "rollout_s", "rollout_generate_s", "rollout_score_s", "gradient_s",
              "gradient_forward_s", "gradient_backward_s", "optimizer_s")
+FLOOR_KEYS = ("floor_s", "floor_rollout_s", "floor_rollout_prefill_s", "floor_rollout_decode_s", "floor_gradient_s",
+              "step_over_floor", "floor_gemm_GFLOPs")
 
 
 def run(args: list[str], tmp_path: Path, timeout: float, **env_extra: str) -> subprocess.CompletedProcess:
@@ -34,7 +38,7 @@ def check_summary(s: dict) -> None:
     for key in SUMMARY_KEYS:
         assert key in s, key
     assert set(s["targets"]) == set(TARGETED)
-    for key in TARGETED:  # a figure, or null with the reason why
+    for key in TARGETED + LIMITS:  # a figure, or null with the reason why
         assert s[key] is not None or s.get(f"{key}_reason"), key
     assert s["fast_mode"] in ("int8", "bf16") or (s["fast_mode"] is None and s["fast_mode_reason"])
     assert len(s["load_avg"]["start"]) == 3
@@ -47,8 +51,10 @@ def test_summary_with_everything_skipped_prints_every_key_null_with_its_reason(t
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)  # stdout is the JSON object alone
     check_summary(s)
-    assert all(s[k] is None for k in TARGETED)
+    assert all(s[k] is None for k in TARGETED + LIMITS)
     assert s["rl_step_seconds_smollm2_reason"] == "rl_step skipped (--skip)"
+    assert s["rl_step_floor_seconds_smollm2_reason"] == "rl_step skipped (--skip)"
+    assert s["serving_throughput_limit_reason"] == "serving skipped (--skip)"
     assert json.loads(out.read_text()) == s
 
 
@@ -71,6 +77,11 @@ def test_rl_step_tiny_prints_its_parts(tmp_path, tiny_model_dir, shared_data):
     assert "error" not in row, row
     for key in STEP_KEYS + ("mode", "threads", "peak_rss_mb", "steps"):
         assert key in row, key
+    # the machine's floor: present and positive (never compared with the step: both are timings)
+    assert "floor_error" not in row, row["floor_error"]
+    for key in FLOOR_KEYS:
+        assert row[key] > 0, key
+    assert all(len(s["decode_step_rows"]) > 0 and s["prefill_tokens"] > 0 for s in row["steps"])
     assert row["steps_timed"] == [2] and [s["rollouts"] for s in row["steps"]] == [4, 4]
 
 
@@ -89,4 +100,14 @@ def test_summary_tiny_runs_every_benchmark(tmp_path, tiny_model_dir, shared_data
     for key in TARGETED:
         # every figure is there, but the fast mode's speed-up on a machine with no fast mode
         assert (s[key] is None) == (key == "fast_mode_speedup_b16" and s["fast_mode"] is None), key
+    for key in LIMITS:  # the machine's limits and floor: present and positive, never compared with timings
+        assert s[key] > 0, key
+    serving = json.loads((tmp_path / "work" / "serving.json").read_text())
+    for clock in ("cpu", "wall"):  # the engine alone: both clocks, every figure the limits come from
+        for key in ("step1_s", "prefill1_s", "stepB_rows_s", "stepB_merged_s", "prefillB_rows_s", "lone_request_s",
+                    "wave_s", "throughput_limit", "p50_limit", "throughput_limit_merged"):
+            assert serving["engine"][clock][key] > 0, (clock, key)
+    assert serving["engine"]["batch"] == serving["requests"] == 4 and serving["engine"]["waves"] == 1
+    for key in ("throughput_overhead", "p50_overhead", "server_cpu_over_engine"):
+        assert key in serving, key
     assert p.returncode == 0
