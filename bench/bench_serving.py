@@ -240,6 +240,9 @@ def main() -> int:
     ap.add_argument("--batch-wait-ms", type=float, default=10)
     ap.add_argument("--threads", type=int, default=1, help="the server's torch threads, and the engine's in the "
                                                               "limit measurement (1: robust on a shared machine)")
+    ap.add_argument("--no-mix-experts", dest="mix_experts", action="store_false",
+                    help="the server's --no-mix-experts: one expert per batch, on merged weights (the limits stay "
+                         "the per-row and merged ones)")
     ap.add_argument("--lone", type=int, default=8, help="lone requests timed on the engine for the limit")
     ap.add_argument("--no-limit", action="store_true", help="skip the engine measurement (no limits)")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per request and per round")
@@ -269,11 +272,13 @@ def main() -> int:
     cmd = [sys.executable, "-m", "transformer_squared.cli.main", "serve", "--model", args.model, "--experts",
            experts, "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(batch),
            "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", str(max(64, args.requests)),
-           "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--log-level", "warning"]
+           "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--log-level", "warning",
+           "--mix-experts" if args.mix_experts else "--no-mix-experts"]
     log = open(Path(tmp.name) / "serve.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     res: dict = {"model": args.model, "models": models, "requests": args.requests, "max_tokens": args.max_tokens,
                  "max_batch_size": batch, "batch_wait_ms": args.batch_wait_ms, "threads": args.threads,
+                 "mix_experts": args.mix_experts,
                  "cpu": cpu_name(), "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "loadavg_start": os.getloadavg()[0], "targets": {"throughput_min": TARGET_THROUGHPUT,
                                                                   "p50_max": TARGET_P50}}

@@ -94,3 +94,39 @@ def test_cancelling_a_running_request_leaves_the_others_alone(scheduler, sam):
     assert (got.text, got.completion_tokens) == (want.text, want.completion_tokens)
     stats = scheduler.health()["stats"]
     assert stats["cancelled_running"] == 1 and scheduler.health()["admitted"] == 0
+
+
+@pytest.mark.slow  # over 1 s on 2 shared cores
+def test_without_mixing_each_batch_runs_one_expert_in_order_of_the_oldest_request(sam):
+    """mix_experts=False: queued requests run in batches of one expert each, on merged weights, the oldest
+    request's first; later requests never join ahead of an older one for other weights; an "auto" request that
+    chose another expert than its batch's waits for a batch of its own, without a second pass 1."""
+    s = Scheduler(sam, ServeConfig(max_tokens=64, batch_wait_ms=1, mix_experts=False))
+    s.start()
+    try:
+        asks = [("auto", "A math puzzle", 6), ("code", "Sort a list", 5), ("auto", "Some code please", 4),
+                ("math", "Tell me about triangles", 7), ("base", "Hello!", 3)]
+        alone = [answer_alone(s, sam, *a) for a in asks]
+        assert [r.expert for r in alone] == ["math", "code", "code", "math", "base"]
+        calls = sam.strategy.calls
+        hold = threading.Event()
+        first = Client(sam, "base", "Count to ten", 12, stream=True, hold=hold)
+        s.submit(first.job)
+        assert first.reached.wait(30)  # the worker is inside the base batch's first step
+        start = len(s.batch_log)
+        others = [Client(sam, *a) for a in asks]
+        for c in others:
+            s.submit(c.job)
+        hold.set()
+        results = [c.result for c in others]
+        assert isinstance(first.result, Finished)
+        for got, want in zip(results, alone):
+            assert isinstance(got, Finished)
+            assert (got.expert, got.text, got.completion_tokens) == (want.expert, want.text, want.completion_tokens)
+        batches = list(s.batch_log)[start:]
+        assert [b["experts"] for b in batches] == [["math"], ["code", "code"], ["math"], ["base"]]
+        assert {b["mode"] for b in batches} == {"merged"} and [b["running"] for b in batches] == [1, 2, 1, 1]
+        assert sam.strategy.calls == calls + 1  # both "auto" requests in one pass 1, the second kept its choice
+        assert s.health()["admitted"] == 0
+    finally:
+        assert s.stop(timeout=30)

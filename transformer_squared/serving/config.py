@@ -27,6 +27,11 @@ class ServeConfig:
                                                                   "requests finish before cancelling them"})
     merge_uniform: bool = field(default=True, metadata={"help": "a batch whose rows all use one expert runs on "
                                                                  "merged W' (full speed) instead of per-row z"})
+    mix_experts: bool = field(default=True, metadata={
+        "help": "requests for different experts decode in one batch (per-row z: none waits for another expert); "
+                "--no-mix-experts: a batch runs one expert at a time on merged W' (per-row z costs ~1.5-1.9x a "
+                "merged step and prefill on CPUs): it starts with the oldest waiting request's expert and takes "
+                "that expert's queued requests; the others wait for it to drain"})
     precision: str = field(default="exact", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     api_key: str | None = field(default=None, repr=False, metadata={
         "help": "when set, every /v1 request needs the header `Authorization: Bearer <key>` (what the openai "

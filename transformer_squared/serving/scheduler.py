@@ -20,6 +20,13 @@ The loop (continuous batching, as vLLM and TGI do): while no row runs, wait for 
 3. step: the newcomers are prefilled and every row decodes one token; a row's text is streamed as it comes
    and its result goes back the moment it finishes, and its slot is free for the next request.
 
+With `mix_experts` off, a batch runs one set of weights (merged, full speed) instead: a new batch takes the
+queued requests for the oldest request's weights, and while it runs, only requests for the same weights that
+arrived before any request for other weights join; the others wait for the batch to drain, and the next batch
+is for the then oldest request's weights (no request waits for ever). An "auto" request's weights are known
+after pass 1;
+those that chose other weights than their batch's go back to the front of the queue, their choice kept.
+
 Admission is bounded: at most `max_queue` requests queued or running; a client that goes away (`cancel`)
 leaves the queue at once, or is dropped from the running batch at the next step. `stop` drains: no new
 requests, the admitted ones finish (up to a timeout), then the worker ends on base weights.
@@ -71,6 +78,7 @@ class Scheduler:
         self._rows: dict[Job, Row] = {}  # the running batch's jobs and their rows (worker thread only)
         self._groups: dict[Job, dict[str, Any]] = {}  # each running job's entry of `batch_log`
         self._mode: str | None = None  # "merged" or "rows" while a batch runs
+        self._key: str | None = None  # the running batch's weights (`_weights_key`) when experts are not mixed
         self._draining = False
         self._thread: threading.Thread | None = None
         self.stats: dict[str, Any] = {"requests": 0, "completed": 0, "failed": 0, "cancelled_queued": 0,
@@ -181,12 +189,53 @@ class Scheduler:
                         break
                     self._cond.wait(left)
             free = cfg.max_batch_size - len(self._rows)
-            jobs = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+            if cfg.mix_experts:
+                jobs = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+            else:
+                jobs = self._take_one_expert(free)
             for job in jobs:
                 job.state = "running"
             self._running += len(jobs)
             self._running_jobs.extend(jobs)
             return jobs
+
+    def _take_one_expert(self, free: int) -> list[Job]:
+        """(`mix_experts` off; caller holds the lock) Up to `free` queued jobs for the running batch's weights:
+        for a new batch, every queued job for the oldest job's weights; while it runs, the queued jobs for its
+        weights that arrived before any job for other weights (later ones wait with those, for the next batch). An
+        "auto" job's weights are known after pass 1: a new batch that starts with one takes the "auto" jobs, and
+        `_admit` puts back those that chose other weights."""
+        if free <= 0 or not self._pending:
+            return []
+        if not self._rows:
+            key = self._weights_key(self._pending[0])
+            jobs = [j for j in self._pending if self._weights_key(j) == key][:free]
+        else:
+            jobs = []
+            for j in self._pending:
+                if len(jobs) == free or self._weights_key(j) != self._key:
+                    break
+                jobs.append(j)
+        for j in jobs:
+            self._pending.remove(j)
+        return jobs
+
+    def _weights_key(self, job: Job) -> str | None:
+        """Which weights a job runs on: BASE, an expert's cache key, or None while an "auto" job has no choice."""
+        if job.choice is not None:
+            return BASE if job.choice.expert is None else expert_key(job.choice.expert)
+        if job.model == AUTO:
+            return None
+        return BASE if job.model == BASE else expert_key(self.experts[job.model])
+
+    def _put_back(self, jobs: list[Job]) -> None:
+        """Return running jobs to the front of the queue, in their order (they are the oldest)."""
+        with self._cond:
+            for job in reversed(jobs):
+                self._running_jobs.remove(job)
+                self._running -= 1
+                job.state = "queued"
+                self._pending.appendleft(job)
 
     def _loop(self) -> None:
         try:
@@ -238,7 +287,7 @@ class Scheduler:
         """Pass 1 for the "auto" jobs, the weights for running + joining rows, and the jobs' rows added to the
         batch (prefilled at the next step)."""
         t0 = time.perf_counter()
-        auto = [j for j in jobs if j.model == AUTO and not j.cancelled]
+        auto = [j for j in jobs if j.model == AUTO and j.choice is None and not j.cancelled]
         pass1 = 0.0
         if auto:
             self.rt.cache.activate(None)  # out of per-row mode: pass 1 runs its own batches
@@ -253,6 +302,17 @@ class Scheduler:
             else:
                 for j, c in zip(auto, choices):
                     j.choice = c
+        if not self.config.mix_experts and jobs:
+            # One set of weights per batch: the running batch's, or the oldest job's for a new one; "auto" jobs
+            # that chose other weights in pass 1 wait (their choice kept) for a batch of their own.
+            live = [j for j in jobs if not j.cancelled and j.state != "done"]  # (done: pass 1 failed)
+            key = self._key if self._rows else (self._weights_key(live[0]) if live else None)
+            later = [j for j in live if self._weights_key(j) != key]
+            if later:
+                self._put_back(later)
+                jobs = [j for j in jobs if j not in later]
+            if not self._rows:
+                self._key = key
         joining = []
         for j in jobs:
             if j.cancelled:
@@ -355,7 +415,7 @@ class Scheduler:
         self._batch = None
         if self._mode == "rows":
             self.rt.am.svf.restore()
-        self._mode = None
+        self._mode = self._key = None
 
     @staticmethod
     def _text_sink(job: Job):
