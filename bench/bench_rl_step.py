@@ -130,7 +130,7 @@ def _measure(spec: dict) -> dict:
     try:
         for step in range(1, spec["steps"] + 1):
             load_start = os.getloadavg()[0]
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             with policy.generating():  # W' for the last update's z (the rollout below then finds it fresh)
                 pass
             t1 = time.perf_counter()
@@ -146,7 +146,8 @@ def _measure(spec: dict) -> dict:
             grad_norm, _ = optimizer_step(policy, optimizer, scheduler, cfg, d)
             t4 = time.perf_counter()
             steps.append({
-                "step": step, "step_s": t4 - t0, "merge_s": t1 - t0, "rollout_s": t2 - t1,
+                "step": step, "step_s": t4 - t0, "step_cpu_s": time.process_time() - c0, "merge_s": t1 - t0,
+                "rollout_s": t2 - t1,
                 "rollout_generate_s": generate_s, "rollout_prefill_s": engine.stats.prefill_s,
                 "rollout_decode_s": engine.stats.decode_s, "rollout_score_s": (t2 - t1) - generate_s,
                 "gradient_s": t3 - t2, "gradient_forward_s": forward["s"],
@@ -186,48 +187,61 @@ def machine_floor(model, steps: list[dict], max_rows: int) -> dict:
     - GEMM throughput: torch.mm on the model's shapes (every distinct linear layer's and the LM head's) at 512
       rows (compute-bound), FLOP-weighted: it prices the prefill and the gradient pass.
     Each step's floor is then filled in by `step_floor`. Nothing else (attention, norms, sampling, Python, the
-    SVF term, the optimizer) is counted: a lower bound, which no engine or trainer reaches."""
+    SVF term, the optimizer) is counted. Timed on two clocks: wall (the same conditions as the step's seconds:
+    on a shared machine both stretch together) and process CPU seconds / threads (the floor with the threads'
+    cores to itself, steadier under load)."""
     import torch
-    from bench_roofline import layer_weights, products_seconds
+    from bench_roofline import kernels, layer_weights
 
     if next(model.parameters()).dtype != torch.float32:
         return {"error": "the floor is fp32's (this run's model is not fp32)"}
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         return {"error": "the floor reads the Llama-family layout (model.model.layers)"}
+    threads = torch.get_num_threads()
+    head = model.lm_head.weight.detach()
     with torch.no_grad():
         sizes = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i <= max_rows} | {max_rows})
-        products = {}
+        products: dict[str, dict[int, float]] = {"wall": {}, "cpu": {}}
         for rows in sizes:
-            products[rows] = min(products_seconds(model, rows, kind, fused, True, 3)
-                                 for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
+            runs = []
+            for fused, kind in ((False, "mkl"), (False, "onednn"), (True, "onednn")):
+                ws = [*(w for ws in layer_weights(model, fused) for w in ws), head]
+                xs = {k: torch.randn(rows, k) for k in {w.shape[1] for w in ws}}
+                pairs = [(xs[w.shape[1]], f) for w, f in zip(ws, kernels(ws, kind))]
+                runs.append(_timed(lambda: [f(x) for x, f in pairs]))
+            best = min(runs)  # by wall clock; its CPU seconds with it
+            products["wall"][rows], products["cpu"][rows] = best[0], best[1] / threads
         weights = [w for ws in layer_weights(model, False) for w in ws]
-        head = model.lm_head.weight
         shapes: dict[tuple[int, int], int] = {}
         for w in [*weights, head]:
             shapes[tuple(w.shape)] = shapes.get(tuple(w.shape), 0) + 1
-        m, flops, seconds = 512, 0.0, 0.0
+        m, flops, wall, cpu = 512, 0.0, 0.0, 0.0
         for (out_f, in_f), count in shapes.items():
             x, wt = torch.randn(m, in_f), torch.randn(in_f, out_f)
-            t = statistics.median(_timed(lambda: torch.mm(x, wt)) for _ in range(3))
+            t = _timed(lambda: torch.mm(x, wt))
             flops += count * 2 * m * in_f * out_f
-            seconds += count * t
-    return {"products_s_by_rows": products, "gemm_GFLOPs": flops / seconds / 1e9,
+            wall, cpu = wall + count * t[0], cpu + count * t[1] / threads
+    return {"products_s_by_rows": products, "gemm_GFLOPs": {"wall": flops / wall / 1e9, "cpu": flops / cpu / 1e9},
             "layer_params": sum(w.numel() for w in weights), "head_params": head.numel()}
 
 
-def _timed(fn) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
+def _timed(fn, reps: int = 3) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds of `fn()` over `reps` runs after a warm-up run."""
     fn()
-    return time.perf_counter() - t
+    runs = []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        runs.append((time.perf_counter() - t, time.process_time() - c))
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def step_floor(floor: dict, step: dict) -> dict:
-    """One step's floor in seconds: rollout (prefill of the distinct prompts at the GEMM throughput + each
-    decoding step's products at its rows) + gradient (3 x the forward FLOPs of the sequences' tokens: forward,
-    and a backward of twice its products, at the GEMM throughput; the LM head over the completion tokens)."""
-    rate = floor["gemm_GFLOPs"] * 1e9
-    by_rows = sorted(floor["products_s_by_rows"].items())
+def step_floor(floor: dict, step: dict, clock: str = "wall") -> dict:
+    """One step's floor in seconds on `clock`: rollout (prefill of the distinct prompts at the GEMM throughput +
+    each decoding step's products at its rows) + gradient (3 x the forward FLOPs of the sequences' tokens, the LM
+    head over the completion tokens only: forward + a backward of twice its products, at the GEMM throughput)."""
+    rate = floor["gemm_GFLOPs"][clock] * 1e9
+    by_rows = sorted(floor["products_s_by_rows"][clock].items())
 
     def products(rows: int) -> float:  # piecewise linear in the rows between the timed sizes
         for (r0, s0), (r1, s1) in zip(by_rows, by_rows[1:]):
@@ -246,13 +260,15 @@ def step_floor(floor: dict, step: dict) -> dict:
 
 def floor_figures(floor: dict, timed: list[dict]) -> dict:
     """The floor of the timed steps (medians, as the step's figures) and step_s / floor, or the reason there is
-    none."""
+    none; `floor_cpu_s`: the same floor on the CPU clock (the threads' cores to itself)."""
     if "error" in floor:
         return {"floor_error": floor["error"]}
     per_step = [step_floor(floor, s) for s in timed]
     out = {k: statistics.median(f[k] for f in per_step) for k in per_step[0]}
+    out["floor_cpu_s"] = statistics.median(step_floor(floor, s, "cpu")["floor_s"] for s in timed)
     out["step_over_floor"] = statistics.median(s["step_s"] / f["floor_s"] for s, f in zip(timed, per_step))
-    out["floor_gemm_GFLOPs"] = floor["gemm_GFLOPs"]
+    out["floor_gemm_GFLOPs"] = floor["gemm_GFLOPs"]["wall"]
+    out["floor_gemm_GFLOPs_cpu"] = floor["gemm_GFLOPs"]["cpu"]
     out["floor_products_s_by_rows"] = floor["products_s_by_rows"]
     return out
 
@@ -332,7 +348,10 @@ def main(argv=None) -> int:
                           f"{row['floor_rollout_prefill_s']:.2f} + decode products {row['floor_rollout_decode_s']:.1f})"
                           f" + gradient {row['floor_gradient_s']:.1f} (3 x forward FLOPs at "
                           f"{row['floor_gemm_GFLOPs']:.0f} GFLOP/s); step / floor = {row['step_over_floor']:.2f}; "
-                          f"target / floor = {TARGET_STEP_SECONDS / row['floor_s']:.2f}", flush=True)
+                          f"target / floor = {TARGET_STEP_SECONDS / row['floor_s']:.2f}; on the CPU clock (the "
+                          f"{row['threads']} threads' cores to itself: {row['floor_gemm_GFLOPs_cpu']:.0f} GFLOP/s) "
+                          f"the floor is {row['floor_cpu_s']:.1f} s, target / floor = "
+                          f"{TARGET_STEP_SECONDS / row['floor_cpu_s']:.2f}", flush=True)
                 else:
                     print(f"  no machine floor: {row.get('floor_error')}", flush=True)
     res["loadavg_end"] = os.getloadavg()

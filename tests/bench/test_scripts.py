@@ -25,7 +25,7 @@ TARGETED = ("decode_step_over_floor_b16", "decode_step_over_floor_b64", "prefill
 STEP_KEYS = ("step_s", "merge_s", "rollout_s", "rollout_generate_s", "rollout_score_s", "gradient_s",
              "gradient_forward_s", "gradient_backward_s", "optimizer_s")
 FLOOR_KEYS = ("floor_s", "floor_rollout_s", "floor_rollout_prefill_s", "floor_rollout_decode_s", "floor_gradient_s",
-              "step_over_floor", "floor_gemm_GFLOPs")
+              "step_over_floor", "floor_gemm_GFLOPs", "floor_cpu_s", "floor_gemm_GFLOPs_cpu", "step_cpu_s")
 
 
 def run(args: list[str], tmp_path: Path, timeout: float, **env_extra: str) -> subprocess.CompletedProcess:
