@@ -9,7 +9,9 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
   the cache is re-laid out (trimmed on the left, grown on the right) only when a join does not fit;
 - RoPE cos/sin computed once per batch by the model's own `rotary_emb` and looked up per step;
 - decode attention packs the query heads that share a KV head into one (B, n_kv, n_rep, D) block (as HF's
-  SDPA path does), so K/V are never repeated, with a padding mask only while some live row is padded;
+  SDPA path does), so K/V are never repeated, with a padding mask only while some live row is padded; on x86
+  CPUs it is one C++ kernel (cpu_attention.py) that writes the new key and value into the cache and attends in
+  one streaming pass over it (SDPA elsewhere);
 - the LM head runs on the last position only;
 - with `fuse_weights` (the engine sets it where it packs weights, packed.py), projections that read the same
   input run as one packed product: q|k|v, and gate|up of the gated MLP, and decoding rotates q and k in one
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..svf import SVFLinear
+from .cpu_attention import decode_attention_op
 from .packed import fusable, fused_linear
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -301,7 +304,8 @@ class LlamaRunner:
         x = self.embed(tokens[:, None])  # (n, 1, C)
         cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]  # (n, 1, D)
         cos4, sin4 = cos[:, None], sin[:, None]  # (n, 1, 1, D)
-        bias = self.key_bias[:n, :, :, : t + 1] if self.padded else None  # (n, 1, 1, t+1)
+        attend = self._attend(x)
+        mask = self.key_bias[:n, 0, 0] if self.padded else None  # (n, L): additive, -inf on padding
         QK = (H + Hkv) * D
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -312,19 +316,29 @@ class LlamaRunner:
             if y is not None:  # q|k|v in one row: q and k rotated together
                 qk = _rope(y[:, 0, :QK].view(n, H + Hkv, D), cos, sin)  # (n, H + Hkv, D)
                 q = qk[:, :H].view(n, Hkv, R, D)
-                keys[:, :, t] = qk[:, H:]
-                values[:, :, t] = y[:, 0, QK:].view(n, Hkv, D)
+                k, v = qk[:, H:], y[:, 0, QK:].view(n, Hkv, D)  # (n, Hkv, D) each
             else:
                 q = _rope(attn.q_proj(h).view(n, Hkv, R, D), cos4, sin4)
-                keys[:, :, t : t + 1] = _rope(attn.k_proj(h).view(n, Hkv, 1, D), cos4, sin4)
-                values[:, :, t : t + 1] = attn.v_proj(h).view(n, Hkv, 1, D)
-            o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
-                                               scale=attn.scaling)  # (n, Hkv, R, D)
+                k = _rope(attn.k_proj(h).view(n, Hkv, 1, D), cos4, sin4)[:, :, 0]
+                v = attn.v_proj(h).view(n, Hkv, D)
+            if attend is not None:  # writes k, v into slot t and attends over slots 0..t
+                o = attend(q, k, v, keys, values, t, mask, attn.scaling)  # (n, Hkv, R, D)
+            else:
+                keys[:, :, t], values[:, :, t] = k, v
+                bias = None if mask is None else mask[:, None, None, : t + 1]  # (n, 1, 1, t+1)
+                o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
+                                                   scale=attn.scaling)  # (n, Hkv, R, D)
             x = x + attn.o_proj(o.reshape(n, 1, H * D))
             x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
         self.length = t + 1
         self.pos = self.pos + 1
         return self.lm_head(self.norm(x))[:, 0]  # (n, V)
+
+    def _attend(self, x: torch.Tensor):
+        """The CPU decode-attention kernel (cpu_attention.py) where it runs for this cache, else None (SDPA)."""
+        if x.device.type != "cpu" or self.kv.dtype != torch.float32 or x.dtype != torch.float32:
+            return None
+        return decode_attention_op()
 
     def release(self) -> None:
         """Free the KV cache; the batch is empty afterwards."""

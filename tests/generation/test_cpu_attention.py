@@ -1,0 +1,85 @@
+"""The CPU decode-attention kernel (generation/cpu_attention.py) against SDPA, and the runner's use of it."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_squared.generation import Engine, SamplingParams
+from transformer_squared.generation import cpu_attention, fast_llama
+from transformer_squared.generation.fast_llama import LlamaRunner
+from transformer_squared.testing import tiny_model
+
+
+def kernel():
+    """The built kernel; skip where this machine cannot build it (not x86 AVX2, no compiler or ninja). On a
+    machine that should build it, a failed build fails the test instead of falling back quietly."""
+    problem = cpu_attention._platform_problem()
+    if problem is None and (shutil.which("ninja") is None or shutil.which("c++") is None):
+        problem = "no C++ compiler or ninja"
+    if problem is not None:
+        pytest.skip(problem)
+    op = cpu_attention.decode_attention_op()
+    assert op is not None, cpu_attention.kernel_problem()
+    return op
+
+
+@pytest.mark.parametrize("n, Hkv, R, D, L, t", [
+    (1, 1, 1, 8, 4, 0),  # the first slot: attends to the new key alone
+    (3, 2, 2, 12, 20, 7),  # head size not a multiple of the vector width
+    (5, 3, 3, 64, 40, 33),  # SmolLM2's heads
+    (2, 2, 7, 64, 24, 19),  # 7 query heads per KV head: blocks of 3, 3 and 1
+    (4, 1, 4, 40, 9, 8),  # the last slot of the cache
+])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_matches_sdpa_and_writes_the_new_slot(n, Hkv, R, D, L, t, masked):
+    op = kernel()
+    torch.manual_seed(n + t)
+    k_cache, v_cache = torch.randn(n, Hkv, L, D), torch.randn(n, Hkv, L, D)
+    qk = torch.randn(n, Hkv * R + Hkv, D)  # q and k as the runner rotates them: one tensor, rows strided
+    q, k = qk[:, : Hkv * R].view(n, Hkv, R, D), qk[:, Hkv * R :]
+    v = torch.randn(n, 1, 2 * Hkv * D)[:, 0, Hkv * D :].view(n, Hkv, D)
+    mask = torch.zeros(n, L)
+    mask[0, : t // 2] = float("-inf")
+    mask[-1, 1 : t] = float("-inf")
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_k[:, :, t], want_v[:, :, t] = k, v
+    want = F.scaled_dot_product_attention(q, want_k[:, :, : t + 1], want_v[:, :, : t + 1], scale=0.3,
+                                          attn_mask=mask[:, None, None, : t + 1] if masked else None)
+    got = op(q, k, v, k_cache, v_cache, t, mask if masked else None, 0.3)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)  # slot t written, nothing else
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_refuses_what_it_cannot_run():
+    op = kernel()
+    q, kv = torch.randn(2, 1, 1, 8), torch.randn(2, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="slot t outside the cache"):
+        op(q, q[:, :, 0], q[:, :, 0], kv, kv.clone(), 4, None, 1.0)
+    with pytest.raises(RuntimeError, match="fp32"):
+        op(q.double(), q[:, :, 0], q[:, :, 0], kv, kv.clone(), 1, None, 1.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_runner_steps_equal_with_the_kernel_and_with_sdpa(arch, monkeypatch):
+    """A padded batch (rows of different lengths) decodes to the same logits, up to rounding, through the kernel
+    and through SDPA; the greedy ids of the engine match as well."""
+    kernel()
+    model = tiny_model(arch)
+    engine = Engine(model, None)
+    ids, mask = engine.left_pad([[3, 9, 4, 7, 21, 5], [8, 2], [30, 31, 32, 33]])
+
+    def run():
+        runner = LlamaRunner(model)
+        logits = [runner.start(ids, mask, 8)]
+        for _ in range(6):
+            logits.append(runner.step(logits[-1].argmax(-1)))
+        return torch.stack(logits)
+
+    with_kernel = run()
+    greedy = [o.token_ids for o in engine.generate([[3, 9, 4, 7, 21, 5], [8, 2]], SamplingParams(max_new_tokens=8))]
+    monkeypatch.setattr(fast_llama, "decode_attention_op", lambda: None)
+    torch.testing.assert_close(with_kernel, run(), rtol=1e-4, atol=1e-4)
+    assert [o.token_ids for o in engine.generate([[3, 9, 4, 7, 21, 5], [8, 2]],
+                                                 SamplingParams(max_new_tokens=8))] == greedy
