@@ -311,4 +311,4 @@ def test_prefill_by_length_groups_equals_one_padded_batch(arch):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
         token = a.argmax(-1)
         a, b = whole.step(token), split.step(token)
-    assert torch.isfinite(split.kv).all()
+    assert torch.isfinite(split.kv[:, :, :, :, : split.length]).all()  # slots past the length are not written yet
