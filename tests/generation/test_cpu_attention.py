@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from transformer_squared.generation import Engine, SamplingParams
 from transformer_squared.generation import cpu_attention, fast_llama
-from transformer_squared.generation.fast_llama import LlamaRunner
+from transformer_squared.generation.fast_llama import LlamaRunner, _rope, _signed_sin
 from transformer_squared.testing import tiny_model
 
 
@@ -33,22 +33,27 @@ def kernel():
     (4, 1, 4, 40, 9, 8),  # the last slot of the cache
 ])
 @pytest.mark.parametrize("masked", [False, True])
-def test_kernel_matches_sdpa_and_writes_the_new_slot(n, Hkv, R, D, L, t, masked):
+@pytest.mark.parametrize("rotate", [False, True])
+def test_kernel_matches_sdpa_and_writes_the_new_slot(n, Hkv, R, D, L, t, masked, rotate):
     op = kernel()
     torch.manual_seed(n + t)
     k_cache, v_cache = torch.randn(n, Hkv, L, D), torch.randn(n, Hkv, L, D)
-    qk = torch.randn(n, Hkv * R + Hkv, D)  # q and k as the runner rotates them: one tensor, rows strided
+    qk = torch.randn(n, Hkv * R + Hkv, D)  # q and k as the runner's fused q|k|v gives them: rows strided
     q, k = qk[:, : Hkv * R].view(n, Hkv, R, D), qk[:, Hkv * R :]
     v = torch.randn(n, 1, 2 * Hkv * D)[:, 0, Hkv * D :].view(n, Hkv, D)
     mask = torch.zeros(n, L)
     mask[0, : t // 2] = float("-inf")
     mask[-1, 1 : t] = float("-inf")
-    want_k, want_v = k_cache.clone(), v_cache.clone()
+    cos, sin = torch.randn(n, D), _signed_sin(torch.randn(n, D))
+    want_q, want_k, want_v = q, k_cache.clone(), v_cache.clone()
     want_k[:, :, t], want_v[:, :, t] = k, v
-    want = F.scaled_dot_product_attention(q, want_k[:, :, : t + 1], want_v[:, :, : t + 1], scale=0.3,
+    if rotate:
+        want_q = _rope(q, cos[:, None, None], sin[:, None, None])
+        want_k[:, :, t] = _rope(k, cos[:, None], sin[:, None])
+    want = F.scaled_dot_product_attention(want_q, want_k[:, :, : t + 1], want_v[:, :, : t + 1], scale=0.3,
                                           attn_mask=mask[:, None, None, : t + 1] if masked else None)
-    got = op(q, k, v, k_cache, v_cache, t, mask if masked else None, 0.3)
-    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)  # slot t written, nothing else
+    got = op(q, k, v, k_cache, v_cache, t, mask if masked else None, 0.3, *((cos, sin) if rotate else ()))
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)  # slot t written (bit for bit), only it
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -16,17 +16,20 @@ q laid out (n, Hkv, R, D) as fast_llama.py groups them),
     s_j = scale * <q_i, k_j> + mask_j,  p = softmax(s),  o_i = sum_j p_j v_j        (j = 0 .. t, slot t new)
 the same as `F.scaled_dot_product_attention(q, k[:, :, :t+1], v[:, :, :t+1], attn_mask=mask, scale=scale)` up
 to float rounding (a different summation order; the exponential is torch's own vectorised `exp_u20`, as in its
-flash kernel). Tests compare it with SDPA on random shapes and check greedy ids end to end.
+flash kernel). Given cos and sin, it first applies RoPE to q and the new key, with the same bits as
+`fast_llama._rope` (four fewer ops per layer and step). Tests compare it with SDPA and `_rope` on random shapes
+and check greedy ids end to end.
 
 Where it runs: x86 CPUs with AVX2 (torch's `get_cpu_capability()` AVX2 or AVX512), fp32, Linux or macOS with a
-C++ compiler and ninja (torch.utils.cpp_extension). It is compiled once per machine (~15-60 s, cached under
-torch's extensions directory, `TORCH_EXTENSIONS_DIR`) the first time a fast-path runner needs it; elsewhere, or
-if the build fails (the reason: `kernel_problem()`), or with `T2_CPU_ATTENTION=0` in the environment, decoding
-uses SDPA as before.
+C++ compiler and ninja (torch.utils.cpp_extension). It is compiled once per machine and version (~15-60 s,
+cached under torch's extensions directory, `TORCH_EXTENSIONS_DIR`) the first time a fast-path runner needs it;
+elsewhere, or if the build fails (the reason: `kernel_problem()`), or with `T2_CPU_ATTENTION=0` in the
+environment, decoding uses SDPA as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -58,6 +61,14 @@ constexpr int64_t LINE = 64 / sizeof(float);    // floats per cache line
 
 inline void prefetch_row(const float* row, int64_t D) {
   for (int64_t l = 0; l < D; l += LINE) __builtin_prefetch(row + l);  // never faults, even past the end
+}
+
+// RoPE as fast_llama._rope computes it, x * cos + roll(x, D/2) * sin_signed, each product and the sum rounded
+// to fp32 as torch's three ops round them (the module is compiled with -ffp-contract=off): the same bits.
+inline void rope(const float* x, const float* cos, const float* sin, int64_t D, float* out) {
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < half; ++d) out[d] = x[d] * cos[d] + x[d + half] * sin[d];
+  for (int64_t d = half; d < D; ++d) out[d] = x[d] * cos[d] + x[d - half] * sin[d];
 }
 
 // s[i * ss + j] = scale * <q_i, k_j> + mask[j] for RB query heads (q_i at q + i * qs) and keys j < t. With
@@ -146,7 +157,8 @@ constexpr int64_t RB = 3;
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
                             at::Tensor& k_cache, at::Tensor& v_cache, int64_t t,
-                            const std::optional<at::Tensor>& mask, double scale) {
+                            const std::optional<at::Tensor>& mask, double scale,
+                            const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin) {
   TORCH_CHECK(q.dim() == 4 && k_new.dim() == 3 && v_new.dim() == 3 && k_cache.dim() == 4 && v_cache.dim() == 4,
               "decode_attention: q (n, Hkv, R, D), k_new / v_new (n, Hkv, D), caches (n, Hkv, L, D)");
   const int64_t n = q.size(0), H = q.size(1), R = q.size(2), D = q.size(3);
@@ -164,6 +176,16 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
     mp = mask->const_data_ptr<float>();
     ms = mask->stride(0);
   }
+  TORCH_CHECK(cos.has_value() == sin.has_value(), "decode_attention: cos and sin together");
+  const float* cp = nullptr;
+  const float* sp = nullptr;
+  if (cos) {
+    for (const at::Tensor* x : std::initializer_list<const at::Tensor*>{&*cos, &*sin})
+      TORCH_CHECK(x->scalar_type() == at::kFloat && x->dim() == 2 && x->size(0) == n && x->size(1) == D &&
+                  x->stride(1) == 1 && D % 2 == 0, "decode_attention: cos / sin (n, D) fp32");
+    cp = cos->const_data_ptr<float>();
+    sp = sin->const_data_ptr<float>();
+  }
   auto out = at::empty({n, H, R, D}, q.options());
   const float* qp = q.const_data_ptr<float>();
   const float* knp = k_new.const_data_ptr<float>();
@@ -174,24 +196,33 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   const float sc = static_cast<float>(scale);
   const int64_t T = t + 1;  // slots attended: 0 .. t
   at::parallel_for(0, n * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(R * T), inv(R);
+    std::vector<float> s(R * T), inv(R), rotated(cp ? R * D : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       float* kb = kp + b * k_cache.stride(0) + h * k_cache.stride(1);
       float* vb = vp + b * v_cache.stride(0) + h * v_cache.stride(1);
-      std::copy_n(knp + b * k_new.stride(0) + h * k_new.stride(1), D, kb + t * k_cache.stride(2));
-      std::copy_n(vnp + b * v_new.stride(0) + h * v_new.stride(1), D, vb + t * v_cache.stride(2));
+      const float* kn = knp + b * k_new.stride(0) + h * k_new.stride(1);
       const float* qb = qp + b * q.stride(0) + h * q.stride(1);
+      int64_t qs = q.stride(2);
+      if (cp) {  // rotate the new key into its slot and the queries into `rotated`
+        rope(kn, cp + b * D, sp + b * D, D, kb + t * k_cache.stride(2));
+        for (int64_t r = 0; r < R; ++r) rope(qb + r * qs, cp + b * D, sp + b * D, D, rotated.data() + r * D);
+        qb = rotated.data();
+        qs = D;
+      } else {
+        std::copy_n(kn, D, kb + t * k_cache.stride(2));
+      }
+      std::copy_n(vnp + b * v_new.stride(0) + h * v_new.stride(1), D, vb + t * v_cache.stride(2));
       const float* mb = mp ? mp + b * ms : nullptr;
       for (int64_t r0 = 0; r0 < R; r0 += RB) {
-        const float* qr = qb + r0 * q.stride(2);
+        const float* qr = qb + r0 * qs;
         float* sr = s.data() + r0 * T;
         const float* vpf = r0 == 0 ? vb : nullptr;
         const int64_t ks = k_cache.stride(2), vs = v_cache.stride(2);
         switch (std::min(RB, R - r0)) {
-          case 3: scores<3>(qr, q.stride(2), D, kb, ks, T, mb, sc, sr, T, vpf, vs); break;
-          case 2: scores<2>(qr, q.stride(2), D, kb, ks, T, mb, sc, sr, T, vpf, vs); break;
-          default: scores<1>(qr, q.stride(2), D, kb, ks, T, mb, sc, sr, T, vpf, vs);
+          case 3: scores<3>(qr, qs, D, kb, ks, T, mb, sc, sr, T, vpf, vs); break;
+          case 2: scores<2>(qr, qs, D, kb, ks, T, mb, sc, sr, T, vpf, vs); break;
+          default: scores<1>(qr, qs, D, kb, ks, T, mb, sc, sr, T, vpf, vs);
         }
       }
       exp_rows(s.data(), R, T, inv.data());
@@ -212,11 +243,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
 
 TORCH_LIBRARY(t2_cpu_attention, m) {
   m.def("decode_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, int t, "
-        "Tensor? mask, float scale) -> Tensor");
+        "Tensor? mask, float scale, Tensor? cos=None, Tensor? sin=None) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(t2_cpu_attention, CPU, m) { m.impl("decode_attention", decode_attention); }
 """
 
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 _lock = threading.Lock()
 _state: dict = {}  # "op": the built kernel, or "problem": why there is none
 
@@ -234,6 +266,29 @@ def _platform_problem() -> str | None:
     return None
 
 
+def _build():
+    """Compile (or find compiled) and load the kernel. Its build directory is named after a hash of the source
+    and flags, so checkouts of different versions on one machine never rebuild over each other's library; the
+    source is a file of our own there (`load_inline` would add torch/extension.h, tripling the build time)."""
+    from torch.utils.cpp_extension import get_default_build_root, load
+
+    digest = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, torch.__version__]).encode()).hexdigest()[:12]
+    name = f"{_NAME}_{digest}"
+    build_dir = os.path.join(get_default_build_root(), name)
+    os.makedirs(build_dir, exist_ok=True)
+    src = os.path.join(build_dir, "decode_attention.cpp")
+    if not os.path.exists(src):
+        tmp = f"{src}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(_SOURCE)
+        os.replace(tmp, src)  # atomic: another process may be building from it
+    if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
+        log.warning("building the CPU decode-attention kernel (once per machine and version, ~15-60 s): %s",
+                    build_dir)
+    load(name, sources=[src], extra_cflags=_FLAGS, build_directory=build_dir, is_python_module=False)
+    return torch.ops.t2_cpu_attention.decode_attention
+
+
 def kernel_problem() -> str | None:
     """Why the kernel cannot run here (building it if that has not been tried yet), or None if it can."""
     decode_attention_op()
@@ -242,11 +297,13 @@ def kernel_problem() -> str | None:
 
 def decode_attention_op():
     """The kernel, `torch.ops.t2_cpu_attention.decode_attention(q, k_new, v_new, k_cache, v_cache, t, mask,
-    scale)`, built and loaded on the first call (module doc); None where it cannot run (`kernel_problem()`).
+    scale, cos=None, sin=None)`, built and loaded on the first call (module doc); None where it cannot run
+    (`kernel_problem()`).
 
     q (n, Hkv, R, D), k_new / v_new (n, Hkv, D), caches (n, Hkv, L, D) with t < L, mask (n, > t) additive or
     None, all fp32 on CPU with a contiguous last dimension: writes k_new / v_new into slot t of the caches and
-    returns the attention output (n, Hkv, R, D) over slots 0 .. t."""
+    returns the attention output (n, Hkv, R, D) over slots 0 .. t. With cos and sin (n, D) (sin sign-folded,
+    fast_llama._signed_sin), q and k_new are rotated first, bit for bit as `fast_llama._rope` rotates them."""
     if "op" in _state or "problem" in _state:
         return _state.get("op")
     with _lock:
@@ -255,20 +312,7 @@ def decode_attention_op():
         problem = _platform_problem()
         if problem is None:
             try:
-                from torch.utils.cpp_extension import get_default_build_root, load
-
-                # A source file of our own (load_inline would add torch/extension.h, which triples the build
-                # time); torch rebuilds when its text or the flags change.
-                src = os.path.join(get_default_build_root(), f"{_NAME}_src", "decode_attention.cpp")
-                os.makedirs(os.path.dirname(src), exist_ok=True)
-                if not os.path.exists(src) or open(src).read() != _SOURCE:
-                    with open(src + f".{os.getpid()}", "w") as f:
-                        f.write(_SOURCE)
-                    os.replace(src + f".{os.getpid()}", src)  # atomic: another process may be reading it
-                log.warning("building the CPU decode-attention kernel (once per machine, ~15-60 s; cached by torch)")
-                flags = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-                load(_NAME, sources=[src], extra_cflags=flags, is_python_module=False)
-                _state["op"] = torch.ops.t2_cpu_attention.decode_attention
+                _state["op"] = _build()
             except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build: decode with SDPA
                 problem = f"building the kernel failed ({type(e).__name__}: {str(e).strip()[:200]})"
         if problem is not None:

@@ -124,10 +124,11 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
 
 
 def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` for the Llama-family RMSNorm, inlined for fp32 (the same ops, so the same bits, without the
-    module call and its no-op casts); any other norm or dtype is called as a module."""
+    """`norm(x)` for the Llama-family RMSNorm in fp32 as one `F.rms_norm` call: torch's composite runs HF's ops
+    (x * rsqrt(mean(x^2) + eps), times the weight), so the same bits, without the module call, its no-op casts
+    and five Python-level ops (~30 us per call at decoding sizes); any other norm or dtype is called as a module."""
     if type(norm).__name__ in _RMS_NORMS and x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     return norm(x)
 
 
@@ -302,8 +303,8 @@ class LlamaRunner:
         H, Hkv, D, R = self.n_heads, self.n_kv, self.head_dim, self.n_rep
         t = self.length
         x = self.embed(tokens[:, None])  # (n, 1, C)
-        cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]  # (n, 1, D)
-        cos4, sin4 = cos[:, None], sin[:, None]  # (n, 1, 1, D)
+        cos, sin = self.cos[self.pos], self.sin[self.pos]  # (n, D)
+        cos3, sin3, cos4, sin4 = cos[:, None], sin[:, None], cos[:, None, None], sin[:, None, None]
         attend = self._attend(x)
         mask = self.key_bias[:n, 0, 0] if self.padded else None  # (n, L): additive, -inf on padding
         QK = (H + Hkv) * D
@@ -313,17 +314,20 @@ class LlamaRunner:
             keys, values = self.kv[i, 0, :n], self.kv[i, 1, :n]  # (n, Hkv, L, D)
             y = self._fused_qkv(attn, h)
             # One query position: head h uses KV head h // R, so (n, H*D) -> (n, Hkv, R, D) groups them.
-            if y is not None:  # q|k|v in one row: q and k rotated together
-                qk = _rope(y[:, 0, :QK].view(n, H + Hkv, D), cos, sin)  # (n, H + Hkv, D)
-                q = qk[:, :H].view(n, Hkv, R, D)
-                k, v = qk[:, H:], y[:, 0, QK:].view(n, Hkv, D)  # (n, Hkv, D) each
+            if y is not None:  # q|k|v in one row
+                qk = y[:, 0, :QK].view(n, H + Hkv, D)
+                q, k, v = qk[:, :H].view(n, Hkv, R, D), qk[:, H:], y[:, 0, QK:].view(n, Hkv, D)
             else:
-                q = _rope(attn.q_proj(h).view(n, Hkv, R, D), cos4, sin4)
-                k = _rope(attn.k_proj(h).view(n, Hkv, 1, D), cos4, sin4)[:, :, 0]
-                v = attn.v_proj(h).view(n, Hkv, D)
-            if attend is not None:  # writes k, v into slot t and attends over slots 0..t
-                o = attend(q, k, v, keys, values, t, mask, attn.scaling)  # (n, Hkv, R, D)
+                q = attn.q_proj(h).view(n, Hkv, R, D)
+                k, v = attn.k_proj(h).view(n, Hkv, D), attn.v_proj(h).view(n, Hkv, D)
+            if attend is not None:  # rotates q and k, writes k and v into slot t, attends over slots 0..t
+                o = attend(q, k, v, keys, values, t, mask, attn.scaling, cos, sin)  # (n, Hkv, R, D)
             else:
+                if y is not None:  # q and k rotated together
+                    qk = _rope(qk, cos3, sin3)  # (n, H + Hkv, D)
+                    q, k = qk[:, :H].view(n, Hkv, R, D), qk[:, H:]
+                else:
+                    q, k = _rope(q, cos4, sin4), _rope(k, cos3, sin3)
                 keys[:, :, t], values[:, :, t] = k, v
                 bias = None if mask is None else mask[:, None, None, : t + 1]  # (n, 1, 1, t+1)
                 o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
