@@ -10,8 +10,9 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
 - RoPE cos/sin computed once per batch by the model's own `rotary_emb` and looked up per step;
 - decode attention packs the query heads that share a KV head into one (B, n_kv, n_rep, D) block (as HF's
   SDPA path does), so K/V are never repeated, with a padding mask only while some live row is padded; on x86
-  CPUs it is one C++ kernel (cpu_attention.py) that writes the new key and value into the cache and attends in
-  one streaming pass over it (SDPA elsewhere);
+  CPUs it is one C++ kernel (cpu_kernels.py) that rotates q and k, writes the new key and value into the cache
+  and attends in one streaming pass over it (RoPE and SDPA elsewhere); the gated MLP's silu(gate) * up is one
+  kernel there too (the same bits as torch's two ops);
 - the LM head runs on the last position only;
 - with `fuse_weights` (the engine sets it where it packs weights, packed.py), projections that read the same
   input run as one packed product: q|k|v, and gate|up of the gated MLP, and decoding rotates q and k in one
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..svf import SVFLinear
-from .cpu_attention import decode_attention_op
+from .cpu_kernels import cpu_kernels
 from .packed import fusable, fused_linear
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -52,6 +53,7 @@ _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 # MLPs computing down(act(gate(x)) * up(x)), whose gate and up may run as one product.
 _GATED_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP")
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+_SILUS = ("SiLU", "SiLUActivation")  # activations that are F.silu (torch's, transformers')
 
 
 def _plain_linear(m) -> nn.Linear | None:
@@ -169,12 +171,17 @@ class LlamaRunner:
             return y.split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
         return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
 
-    def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
-        """The layer's MLP on `h`, with gate and up as one packed product where the layers allow it."""
+    def _mlp(self, mlp, h: torch.Tensor, ops=None) -> torch.Tensor:
+        """The layer's MLP on `h`, with gate and up as one packed product where the layers allow it, and
+        silu(gate) * up as one kernel with `ops` (cpu_kernels.py, the same bits)."""
         if self.fuse_weights and type(mlp).__name__ in _GATED_MLPS:
             group = _fusable_group((mlp.gate_proj, mlp.up_proj), self.precision)
             y = fused_linear(mlp, "gate_up", group, h, self.precision) if group is not None else None
             if y is not None:
+                size = group[0].out_features
+                if ops is not None and type(mlp.act_fn).__name__ in _SILUS and y.is_contiguous() \
+                        and group[1].out_features == size:
+                    return mlp.down_proj(ops.silu_mul(y, size))
                 gate, up = y.split([m.out_features for m in group], dim=-1)
                 return mlp.down_proj(mlp.act_fn(gate) * up)
         return mlp(h)
@@ -268,6 +275,7 @@ class LlamaRunner:
         G, T = input_ids.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         x = self.embed(input_ids)  # (G, T, C)
+        ops = self._ops(x)
         pos = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)  # (G, T), as in `generate`
         padded = not bool(mask.all())
         if padded:
@@ -277,6 +285,9 @@ class LlamaRunner:
             prefill_mask = prefill_mask[:, None]  # (G, 1, T, T)
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (G, 1, T, D)
         window = slice(offset, offset + T)
+        first = int(rows[0])
+        if torch.equal(rows, torch.arange(first, first + G, device=rows.device)):  # (the engine sorts prompts by
+            rows = slice(first, first + G)  # length, so a group's rows are consecutive): a copy, not an index_put
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = self._qkv(attn, _rms_norm(layer.input_layernorm, x))
@@ -293,7 +304,7 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
                                                    enable_gqa=self.n_rep > 1)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(G, T, H * D))
-            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), ops)
         return self.lm_head(self.norm(x[:, -1:]))[:, 0]  # (G, V)
 
     @torch.no_grad()
@@ -305,7 +316,7 @@ class LlamaRunner:
         x = self.embed(tokens[:, None])  # (n, 1, C)
         cos, sin = self.cos[self.pos], self.sin[self.pos]  # (n, D)
         cos3, sin3, cos4, sin4 = cos[:, None], sin[:, None], cos[:, None, None], sin[:, None, None]
-        attend = self._attend(x)
+        ops = self._ops(x)
         mask = self.key_bias[:n, 0, 0] if self.padded else None  # (n, L): additive, -inf on padding
         QK = (H + Hkv) * D
         for i, layer in enumerate(self.layers):
@@ -320,8 +331,8 @@ class LlamaRunner:
             else:
                 q = attn.q_proj(h).view(n, Hkv, R, D)
                 k, v = attn.k_proj(h).view(n, Hkv, D), attn.v_proj(h).view(n, Hkv, D)
-            if attend is not None:  # rotates q and k, writes k and v into slot t, attends over slots 0..t
-                o = attend(q, k, v, keys, values, t, mask, attn.scaling, cos, sin)  # (n, Hkv, R, D)
+            if ops is not None:  # rotates q and k, writes k and v into slot t, attends over slots 0..t
+                o = ops.decode_attention(q, k, v, keys, values, t, mask, attn.scaling, cos, sin)  # (n, Hkv, R, D)
             else:
                 if y is not None:  # q and k rotated together
                     qk = _rope(qk, cos3, sin3)  # (n, H + Hkv, D)
@@ -333,16 +344,16 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
                                                    scale=attn.scaling)  # (n, Hkv, R, D)
             x = x + attn.o_proj(o.reshape(n, 1, H * D))
-            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), ops)
         self.length = t + 1
         self.pos = self.pos + 1
         return self.lm_head(self.norm(x))[:, 0]  # (n, V)
 
-    def _attend(self, x: torch.Tensor):
-        """The CPU decode-attention kernel (cpu_attention.py) where it runs for this cache, else None (SDPA)."""
-        if x.device.type != "cpu" or self.kv.dtype != torch.float32 or x.dtype != torch.float32:
+    def _ops(self, x: torch.Tensor):
+        """The CPU kernels (cpu_kernels.py) where they run for `x` and the cache, else None (torch's ops)."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.kv.dtype != torch.float32:
             return None
-        return decode_attention_op()
+        return cpu_kernels()
 
     def release(self) -> None:
         """Free the KV cache; the batch is empty afterwards."""

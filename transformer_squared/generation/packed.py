@@ -13,7 +13,10 @@ top of the (packed) base layer as before.
 
 Which kernel, by call: a single row (batch-1 decoding) through a small matrix (under `SMALL_GEMV` weights) goes
 to `F.linear`, where oneDNN's per-call overhead made it slower (measured on AMD EPYC Zen 1, one row: 576→576
-0.06 vs 0.16 ms, 1536→576 0.10 vs 0.23 ms); every other call runs packed.
+0.06 vs 0.16 ms, 1536→576 0.10 vs 0.23 ms); so does a prefill-sized call (`LARGE_ROWS` rows or more), where
+MKL's sgemm, which packs as it goes, beat the weights packed for `BATCH_HINT` rows (SmolLM2's products, one
+thread, AMD EPYC Zen 3: 1.07x at 256 rows, 1.05-1.16x at 512-2048; oneDNN still 1.05x ahead at 128); every
+other call runs packed. (Fused callers then run the layers one by one: `fused_linear` returns None.)
 
 Per-row SVF experts (an `SVFLinear` in "rows" mode: y = x Wᵀ + ((x V) ⊙ σ(z_row − 1)) Uᵀ) run their factored term
 through packed copies of Vᵀ and U as well (built the first time, kept like the others): at decoding batch sizes
@@ -52,6 +55,7 @@ from . import precision as lowp
 _ATTR = "_t2_packed"
 BATCH_HINT = 16  # rows the packed layout is tuned for; any row count works
 SMALL_GEMV = 1_500_000  # weights: below this, a one-row product runs faster unpacked (see the module doc)
+LARGE_ROWS = 256  # rows: from here on (prefill), MKL's F.linear beats the packed weights (see the module doc)
 
 
 class _Packed(tuple):
@@ -137,11 +141,13 @@ def _packed_product(owner: nn.Module, attr: str, linears, x: torch.Tensor,
                     precision: str = "exact") -> torch.Tensor | None:
     """x through `linears` side by side with one packed weight (exact: oneDNN fp32; int8 / bf16: precision.py's
     kernels), kept on `owner` under `attr` and rebuilt when a weight or bias is replaced or written in place (an
-    SVF merge, an optimizer step); None (exact only) for one row through small weights, where the unpacked
-    product is faster."""
+    SVF merge, an optimizer step); None (exact only) for one row through small weights and for `LARGE_ROWS` rows
+    or more, where the unpacked product is faster."""
     weights = [m.weight for m in linears]
-    if precision == "exact" and x.numel() == x.shape[-1] and sum(w.numel() for w in weights) < SMALL_GEMV:
-        return None
+    if precision == "exact":
+        rows = x.numel() // x.shape[-1]
+        if rows >= LARGE_ROWS or rows == 1 and sum(w.numel() for w in weights) < SMALL_GEMV:
+            return None
     if precision != "exact":
         attr = f"{attr}:{precision}"  # its own copy: one layer may run exact and fast in turn
     key = tuple((id(t), t.data_ptr(), t._version) for m in linears for t in (m.weight, m.bias) if t is not None)

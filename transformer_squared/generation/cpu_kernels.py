@@ -1,30 +1,34 @@
-"""Decoding attention over the KV cache on CPU: one C++ kernel, built on first use, that appends the new key and
-value and attends over the cache in one pass per row and KV head.
+"""The fast runner's CPU kernels: one C++ extension (torch.ops.t2_cpu), built on first use, with two ops.
 
-Why: at decoding batch sizes the attention of one query position over a cache of a few hundred slots is a pile
-of tiny products (per row and KV head, R query heads x t keys x D), and torch's kernels pay a per-product
+`decode_attention` appends the new key and value to the KV cache and attends over it in one pass per row and KV
+head. Why: at decoding batch sizes the attention of one query position over a cache of a few hundred slots is a
+pile of tiny products (per row and KV head, R query heads x t keys x D), and torch's kernels pay a per-product
 overhead (MKL packs each small matrix; SDPA's flash kernel on CPU does the same in blocks) that made attention
-~2-3x its memory traffic. Measured on the 2-core AMD EPYC (Zen 3, AVX2) here, one thread, SmolLM2-135M at batch
-64 (30 layers, 3 KV heads, 133 slots): SDPA ~80 ms per step vs ~40 ms for this kernel, against ~30 ms to read
-the cache once (bench/README.md has the whole-step figures). The kernel reads each key and value row once,
+~2.5-3x its memory traffic. Measured on the 2-core AMD EPYC (Zen 3, AVX2) here, one thread, SmolLM2-135M at
+batch 64 (30 layers, 3 KV heads, 133 slots): SDPA ~80 ms per step vs ~40 ms for this kernel, against ~30 ms to
+read the cache once (bench/README.md has the whole-step figures). The kernel reads each key and value row once,
 streaming (the keys prefetched a few rows ahead, the values while the keys are read), and writes the new key
 and value into slot t itself, where the cache line is about to be read anyway (a separate strided copy cost
-~5 ms per step at batch 64).
-
-What it computes: for every row b and KV head h, with the R query heads that share it (grouped query attention,
-q laid out (n, Hkv, R, D) as fast_llama.py groups them),
+~5 ms per step at batch 64). For every row b and KV head h, with the R query heads that share it (grouped
+query attention, q laid out (n, Hkv, R, D) as fast_llama.py groups them):
     s_j = scale * <q_i, k_j> + mask_j,  p = softmax(s),  o_i = sum_j p_j v_j        (j = 0 .. t, slot t new)
 the same as `F.scaled_dot_product_attention(q, k[:, :, :t+1], v[:, :, :t+1], attn_mask=mask, scale=scale)` up
 to float rounding (a different summation order; the exponential is torch's own vectorised `exp_u20`, as in its
 flash kernel). Given cos and sin, it first applies RoPE to q and the new key, with the same bits as
-`fast_llama._rope` (four fewer ops per layer and step). Tests compare it with SDPA and `_rope` on random shapes
-and check greedy ids end to end.
+`fast_llama._rope` (four fewer ops per layer and step).
 
-Where it runs: x86 CPUs with AVX2 (torch's `get_cpu_capability()` AVX2 or AVX512), fp32, Linux or macOS with a
-C++ compiler and ninja (torch.utils.cpp_extension). It is compiled once per machine and version (~15-60 s,
-cached under torch's extensions directory, `TORCH_EXTENSIONS_DIR`) the first time a fast-path runner needs it;
-elsewhere, or if the build fails (the reason: `kernel_problem()`), or with `T2_CPU_ATTENTION=0` in the
-environment, decoding uses SDPA as before.
+`silu_mul` computes silu(gate) * up of the gated MLP from the fused gate|up product in one pass (torch: two
+passes and a temporary; ~3-4% of a prefill, ~1% of a batch-64 step), bit for bit as torch's silu and mul: the
+same vectorised x / (1 + exp(-x)) (Sleef's exp, the one torch calls) on the same elements, the scalar formula
+on each row's last n mod 16.
+
+Tests compare the ops with SDPA, `_rope` and torch's silu * up on random shapes, and greedy ids end to end.
+
+Where they run: x86 CPUs with AVX2 (torch's `get_cpu_capability()` AVX2 or AVX512), fp32, Linux or macOS with a
+C++ compiler and ninja (torch.utils.cpp_extension). The extension is compiled once per machine and version
+(~15-60 s, cached under torch's extensions directory, `TORCH_EXTENSIONS_DIR`) the first time a fast-path runner
+needs it; elsewhere, or if the build fails (the reason: `kernel_problem()`), or with `T2_CPU_KERNELS=0` in the
+environment, the runner uses torch's ops (SDPA, silu and mul) as before.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_NAME = "t2_cpu_attention"
+_NAME = "t2_cpu_kernels"
 _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -239,27 +243,59 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   });
   return out;
 }
+
+// silu(y[..., :I]) * y[..., I:2I] for y (..., >= 2I) contiguous, as torch's silu and mul compute it on those
+// strided halves: per row, the first I - I % (2W) elements vectorised (x / (1 + exp(-x)) with Sleef's exp, as
+// torch's AVX2 kernel), the rest with the scalar formula, which may round differently.
+at::Tensor silu_mul(const at::Tensor& y, int64_t I) {
+  TORCH_CHECK(y.scalar_type() == at::kFloat && y.device().is_cpu() && y.is_contiguous() && y.dim() >= 1 &&
+              I > 0 && y.size(-1) >= 2 * I, "silu_mul: fp32 CPU contiguous (..., >= 2 size)");
+  const int64_t ys = y.size(-1), rows = y.numel() / ys, Iv = I - I % (2 * W);
+  std::vector<int64_t> sizes(y.sizes().begin(), y.sizes().end());
+  sizes.back() = I;
+  auto out = at::empty(sizes, y.options());
+  const float* yp = y.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / I), [&](int64_t begin, int64_t end) {
+    const Vec one(1.f);
+    for (int64_t r = begin; r < end; ++r) {
+      const float* g = yp + r * ys;
+      const float* u = g + I;
+      float* o = op + r * I;
+      for (int64_t d = 0; d < Iv; d += W) {
+        const Vec x = Vec::loadu(g + d);
+        ((x / (one + x.neg().exp())) * Vec::loadu(u + d)).store(o + d);
+      }
+      for (int64_t d = Iv; d < I; ++d) o[d] = (g[d] / (1 + std::exp(-g[d]))) * u[d];
+    }
+  });
+  return out;
+}
 }  // namespace
 
-TORCH_LIBRARY(t2_cpu_attention, m) {
+TORCH_LIBRARY(t2_cpu, m) {
   m.def("decode_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, int t, "
         "Tensor? mask, float scale, Tensor? cos=None, Tensor? sin=None) -> Tensor");
+  m.def("silu_mul(Tensor gate_up, int size) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(t2_cpu_attention, CPU, m) { m.impl("decode_attention", decode_attention); }
+TORCH_LIBRARY_IMPL(t2_cpu, CPU, m) {
+  m.impl("decode_attention", decode_attention);
+  m.impl("silu_mul", silu_mul);
+}
 """
 
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 _lock = threading.Lock()
-_state: dict = {}  # "op": the built kernel, or "problem": why there is none
+_state: dict = {}  # "ops": the loaded ops, or "problem": why there are none
 
 
 def _platform_problem() -> str | None:
-    if os.environ.get("T2_CPU_ATTENTION", "1") == "0":
-        return "disabled by T2_CPU_ATTENTION=0"
+    if os.environ.get("T2_CPU_KERNELS", "1") == "0":
+        return "disabled by T2_CPU_KERNELS=0"
     if sys.platform not in ("linux", "darwin"):
-        return f"the kernel is built with gcc/clang flags, not on {sys.platform}"
+        return f"the kernels are built with gcc/clang flags, not on {sys.platform}"
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"the kernel is written for x86 AVX2, not {platform.machine()}"
+        return f"the kernels are written for x86 AVX2, not {platform.machine()}"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return f"this CPU lacks AVX2 (torch reports {capability})"
@@ -267,55 +303,58 @@ def _platform_problem() -> str | None:
 
 
 def _build():
-    """Compile (or find compiled) and load the kernel. Its build directory is named after a hash of the source
-    and flags, so checkouts of different versions on one machine never rebuild over each other's library; the
-    source is a file of our own there (`load_inline` would add torch/extension.h, tripling the build time)."""
+    """Compile (or find compiled) and load the extension. Its build directory is named after a hash of the
+    source, flags and torch version, so checkouts of different versions on one machine never rebuild over each
+    other's library; the source is a file of our own there (`load_inline` would add torch/extension.h, tripling
+    the build time)."""
     from torch.utils.cpp_extension import get_default_build_root, load
 
     digest = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, torch.__version__]).encode()).hexdigest()[:12]
     name = f"{_NAME}_{digest}"
     build_dir = os.path.join(get_default_build_root(), name)
     os.makedirs(build_dir, exist_ok=True)
-    src = os.path.join(build_dir, "decode_attention.cpp")
+    src = os.path.join(build_dir, "kernels.cpp")
     if not os.path.exists(src):
         tmp = f"{src}.{os.getpid()}"
         with open(tmp, "w") as f:
             f.write(_SOURCE)
         os.replace(tmp, src)  # atomic: another process may be building from it
     if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
-        log.warning("building the CPU decode-attention kernel (once per machine and version, ~15-60 s): %s",
-                    build_dir)
+        log.warning("building the engine's CPU kernels (once per machine and version, ~15-60 s): %s", build_dir)
     load(name, sources=[src], extra_cflags=_FLAGS, build_directory=build_dir, is_python_module=False)
-    return torch.ops.t2_cpu_attention.decode_attention
+    return torch.ops.t2_cpu
 
 
 def kernel_problem() -> str | None:
-    """Why the kernel cannot run here (building it if that has not been tried yet), or None if it can."""
-    decode_attention_op()
+    """Why the kernels cannot run here (building them if that has not been tried yet), or None if they can."""
+    cpu_kernels()
     return _state.get("problem")
 
 
-def decode_attention_op():
-    """The kernel, `torch.ops.t2_cpu_attention.decode_attention(q, k_new, v_new, k_cache, v_cache, t, mask,
-    scale, cos=None, sin=None)`, built and loaded on the first call (module doc); None where it cannot run
-    (`kernel_problem()`).
+def cpu_kernels():
+    """The ops (`torch.ops.t2_cpu`), built and loaded on the first call (module doc); None where they cannot run
+    (`kernel_problem()`). All take fp32 CPU tensors whose last dimension is contiguous.
 
-    q (n, Hkv, R, D), k_new / v_new (n, Hkv, D), caches (n, Hkv, L, D) with t < L, mask (n, > t) additive or
-    None, all fp32 on CPU with a contiguous last dimension: writes k_new / v_new into slot t of the caches and
-    returns the attention output (n, Hkv, R, D) over slots 0 .. t. With cos and sin (n, D) (sin sign-folded,
-    fast_llama._signed_sin), q and k_new are rotated first, bit for bit as `fast_llama._rope` rotates them."""
-    if "op" in _state or "problem" in _state:
-        return _state.get("op")
+    `decode_attention(q, k_new, v_new, k_cache, v_cache, t, mask, scale, cos=None, sin=None)`: q (n, Hkv, R, D),
+    k_new / v_new (n, Hkv, D), caches (n, Hkv, L, D) with t < L, mask (n, > t) additive or None. Writes k_new /
+    v_new into slot t of the caches and returns the attention output (n, Hkv, R, D) over slots 0 .. t. With cos
+    and sin (n, D) (sin sign-folded, fast_llama._signed_sin), q and k_new are rotated first, bit for bit as
+    `fast_llama._rope` rotates them.
+
+    `silu_mul(gate_up, size)`: gate_up (..., >= 2 size) contiguous, gate first; returns silu(gate) * up
+    (..., size), the same bits as `F.silu(gate_up[..., :size]) * gate_up[..., size : 2 * size]`."""
+    if "ops" in _state or "problem" in _state:
+        return _state.get("ops")
     with _lock:
-        if "op" in _state or "problem" in _state:
-            return _state.get("op")
+        if "ops" in _state or "problem" in _state:
+            return _state.get("ops")
         problem = _platform_problem()
         if problem is None:
             try:
-                _state["op"] = _build()
-            except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build: decode with SDPA
-                problem = f"building the kernel failed ({type(e).__name__}: {str(e).strip()[:200]})"
+                _state["ops"] = _build()
+            except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a failed build: torch's ops instead
+                problem = f"building the kernels failed ({type(e).__name__}: {str(e).strip()[:200]})"
         if problem is not None:
             _state["problem"] = problem
-            log.info("CPU decode attention: SDPA (%s)", problem)
-        return _state.get("op")
+            log.info("CPU kernels: torch's ops (%s)", problem)
+        return _state.get("ops")

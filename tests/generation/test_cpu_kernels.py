@@ -1,4 +1,4 @@
-"""The CPU decode-attention kernel (generation/cpu_attention.py) against SDPA, and the runner's use of it."""
+"""The fast runner's CPU kernels (generation/cpu_kernels.py) against torch's ops, and the runner's use of them."""
 
 import shutil
 
@@ -7,22 +7,22 @@ import torch
 import torch.nn.functional as F
 
 from transformer_squared.generation import Engine, SamplingParams
-from transformer_squared.generation import cpu_attention, fast_llama
+from transformer_squared.generation import cpu_kernels, fast_llama
 from transformer_squared.generation.fast_llama import LlamaRunner, _rope, _signed_sin
 from transformer_squared.testing import tiny_model
 
 
-def kernel():
-    """The built kernel; skip where this machine cannot build it (not x86 AVX2, no compiler or ninja). On a
-    machine that should build it, a failed build fails the test instead of falling back quietly."""
-    problem = cpu_attention._platform_problem()
+def kernels():
+    """The built ops; skip where this machine cannot build them (not x86 AVX2, no compiler or ninja). On a
+    machine that should build them, a failed build fails the test instead of falling back quietly."""
+    problem = cpu_kernels._platform_problem()
     if problem is None and (shutil.which("ninja") is None or shutil.which("c++") is None):
         problem = "no C++ compiler or ninja"
     if problem is not None:
         pytest.skip(problem)
-    op = cpu_attention.decode_attention_op()
-    assert op is not None, cpu_attention.kernel_problem()
-    return op
+    ops = cpu_kernels.cpu_kernels()
+    assert ops is not None, cpu_kernels.kernel_problem()
+    return ops
 
 
 @pytest.mark.parametrize("n, Hkv, R, D, L, t", [
@@ -35,7 +35,7 @@ def kernel():
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("rotate", [False, True])
 def test_kernel_matches_sdpa_and_writes_the_new_slot(n, Hkv, R, D, L, t, masked, rotate):
-    op = kernel()
+    op = kernels().decode_attention
     torch.manual_seed(n + t)
     k_cache, v_cache = torch.randn(n, Hkv, L, D), torch.randn(n, Hkv, L, D)
     qk = torch.randn(n, Hkv * R + Hkv, D)  # q and k as the runner's fused q|k|v gives them: rows strided
@@ -58,7 +58,7 @@ def test_kernel_matches_sdpa_and_writes_the_new_slot(n, Hkv, R, D, L, t, masked,
 
 
 def test_kernel_refuses_what_it_cannot_run():
-    op = kernel()
+    op = kernels().decode_attention
     q, kv = torch.randn(2, 1, 1, 8), torch.randn(2, 1, 4, 8)
     with pytest.raises(RuntimeError, match="slot t outside the cache"):
         op(q, q[:, :, 0], q[:, :, 0], kv, kv.clone(), 4, None, 1.0)
@@ -67,10 +67,10 @@ def test_kernel_refuses_what_it_cannot_run():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_runner_steps_equal_with_the_kernel_and_with_sdpa(arch, monkeypatch):
-    """A padded batch (rows of different lengths) decodes to the same logits, up to rounding, through the kernel
-    and through SDPA; the greedy ids of the engine match as well."""
-    kernel()
+def test_runner_steps_equal_with_the_kernels_and_with_torch_ops(arch, monkeypatch):
+    """A padded batch (rows of different lengths) decodes to the same logits, up to rounding, through the kernels
+    and through torch's ops (SDPA); the greedy ids of the engine match as well."""
+    kernels()
     model = tiny_model(arch)
     engine = Engine(model, None)
     ids, mask = engine.left_pad([[3, 9, 4, 7, 21, 5], [8, 2], [30, 31, 32, 33]])
@@ -84,7 +84,20 @@ def test_runner_steps_equal_with_the_kernel_and_with_sdpa(arch, monkeypatch):
 
     with_kernel = run()
     greedy = [o.token_ids for o in engine.generate([[3, 9, 4, 7, 21, 5], [8, 2]], SamplingParams(max_new_tokens=8))]
-    monkeypatch.setattr(fast_llama, "decode_attention_op", lambda: None)
+    monkeypatch.setattr(fast_llama, "cpu_kernels", lambda: None)
     torch.testing.assert_close(with_kernel, run(), rtol=1e-4, atol=1e-4)
     assert [o.token_ids for o in engine.generate([[3, 9, 4, 7, 21, 5], [8, 2]],
                                                  SamplingParams(max_new_tokens=8))] == greedy
+
+
+@pytest.mark.parametrize("shape, size", [((5, 1, 160), 80), ((3, 7, 3072), 1536), ((4, 70), 35), ((2, 2, 40), 17)])
+def test_silu_mul_has_torchs_bits(shape, size):
+    """silu(gate) * up as torch computes it on the halves of the fused product: vectorised and scalar elements
+    alike (sizes not a multiple of 16 leave a scalar tail per row; 17 of 40: the up half is not the rest)."""
+    op = kernels().silu_mul
+    torch.manual_seed(size)
+    y = torch.randn(shape) * 4
+    y.view(-1)[:7] = torch.tensor([0.0, -0.0, 88.0, -88.0, 1e-8, -104.0, float("inf")])
+    want = F.silu(y[..., :size]) * y[..., size : 2 * size]
+    got = op(y, size)
+    assert got.shape == want.shape and torch.equal(got, want)
