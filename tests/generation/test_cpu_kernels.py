@@ -101,3 +101,40 @@ def test_silu_mul_has_torchs_bits(shape, size):
     want = F.silu(y[..., :size]) * y[..., size : 2 * size]
     got = op(y, size)
     assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_argmax_rows_matches_torch():
+    """First maximum on ties, nan as the largest, -inf rows, widths around the vector width."""
+    op = kernels().argmax_rows
+    torch.manual_seed(0)
+    for trial in range(200):
+        n, V = int(torch.randint(1, 6, ())), int(torch.randint(1, 40, ()))
+        x = torch.randint(-3, 4, (n, V)).float()  # many ties
+        if trial % 5 == 0:
+            x.view(-1)[torch.randint(0, n * V, (2,))] = float("nan")
+        if trial % 7 == 0:
+            x.view(-1)[torch.randint(0, n * V, (2,))] = float("inf")
+        if trial % 11 == 0:
+            x.fill_(float("-inf"))
+        assert torch.equal(op(x), x.argmax(-1)), (trial, x)
+    x = torch.randn(4, 1000)[:, 3:900]  # rows strided
+    assert torch.equal(op(x), x.argmax(-1))
+
+
+def test_left_padding_is_skipped_without_changing_the_result():
+    """Masked slots before a row's first real one are not read (nan there does not leak), and the output has
+    the same bits as when they hold finite values."""
+    op = kernels().decode_attention
+    torch.manual_seed(1)
+    n, Hkv, R, D, L, t = 4, 2, 3, 16, 48, 40
+    k_cache, v_cache = torch.randn(n, Hkv, L, D), torch.randn(n, Hkv, L, D)
+    q, k, v = torch.randn(n, Hkv, R, D), torch.randn(n, Hkv, D), torch.randn(n, Hkv, D)
+    mask = torch.zeros(n, L)
+    pads = [0, 5, 8, 21]
+    for b, p in enumerate(pads):
+        mask[b, :p] = float("-inf")
+    want = op(q, k, v, k_cache.clone(), v_cache.clone(), t, mask, 0.3)
+    for b, p in enumerate(pads):
+        k_cache[b, :, : p - p % 8] = float("nan")  # the skipped whole vectors' worth of slots
+        v_cache[b, :, : p - p % 8] = float("nan")
+    assert torch.equal(op(q, k, v, k_cache, v_cache, t, mask, 0.3), want)

@@ -51,6 +51,7 @@ import torch
 
 from ..errors import T2Error
 from .detokenize import IncrementalText, held_back
+from .cpu_kernels import cpu_kernels
 from .packed import packed_linears
 from .params import Completion, GenerationStats, SamplingParams
 from .sampling import StopStrings, next_tokens, sampled_logprobs
@@ -61,6 +62,17 @@ if TYPE_CHECKING:
 # Dropping a finished row copies the KV cache of the rows behind it; skip it when so few steps are left that
 # the copy costs more than computing the dead rows would.
 _MIN_STEPS_LEFT_TO_COMPACT = 4
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)` (n, V) -> (n,), through the CPU kernel where it runs (cpu_kernels.py: the same ids,
+    first maximum, nan as the largest; ~7x faster than torch's at 64 x 49152, ~1% of a batch-64 step)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 \
+            and logits.stride(-1) == 1 and logits.shape[-1] > 0:
+        ops = cpu_kernels()
+        if ops is not None:
+            return ops.argmax_rows(logits)
+    return logits.argmax(-1)
 
 
 @dataclass(eq=False)  # rows are compared by identity
@@ -300,7 +312,7 @@ class RunningBatch:
         sharing temperature, top-p and generator."""
         rows = self.running
         if all(r.params.greedy for r in rows):
-            return logits.argmax(-1)  # same tie-breaking (first max) as `model.generate`
+            return _argmax(logits)  # same tie-breaking (first max) as `model.generate`
         groups: dict[tuple, list[int]] = {}
         for p, r in enumerate(rows):
             key = ("greedy",) if r.params.greedy else (r.params.temperature, r.params.top_p, id(r.generator))
