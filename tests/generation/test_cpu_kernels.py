@@ -138,3 +138,13 @@ def test_left_padding_is_skipped_without_changing_the_result():
         k_cache[b, :, : p - p % 8] = float("nan")  # the skipped whole vectors' worth of slots
         v_cache[b, :, : p - p % 8] = float("nan")
     assert torch.equal(op(q, k, v, k_cache, v_cache, t, mask, 0.3), want)
+
+
+def test_rms_norm_has_hfs_bits():
+    op = kernels().rms_norm
+    for seed, C in enumerate([48, 576, 37, 64]):
+        torch.manual_seed(seed)
+        x = torch.randn(9, 5, C) * (10 ** torch.empty(9, 5, 1).uniform_(-3, 3))
+        w = torch.randn(C)
+        want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))  # LlamaRMSNorm in fp32
+        assert torch.equal(op(x, w, 1e-5), want)

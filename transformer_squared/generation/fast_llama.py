@@ -19,22 +19,22 @@ What it keeps from the HF forward: the arithmetic. What it drops: building masks
   op. Only where those layers are plain `nn.Linear` as the model stands (or SVF layers in base / merged mode,
   whose weight is the linear's): per-row SVF, LoRA and training-mode layers are called as modules. With a
   low `precision` (int8 / bf16, precision.py) the fused products run in it too, on any batch size;
-- RoPE as one roll with a sign-folded sin, and the fp32 RMSNorm inlined: the same ops as HF's, bit for bit;
+- RoPE as one roll with a sign-folded sin, and the fp32 RMSNorm as one call (a CPU kernel where it runs): HF's
+  bits;
 - prefill with `split` (the engine asks for it where no layer keeps per-row state) runs rows in groups of
   similar length, each padded to its own longest prompt only.
 
-Where the time goes (SmolLM2-135M, fp32, 2 cores; bench/bench_roofline.py measures it): the matrix products
-are ~60-80% of a step and the rest is attention over the cache, small elementwise ops and Python. The
-products alone, with the fastest kernel torch has here and nothing else, take ~0.045 s at batch 1 (weights
-streaming from memory) and ~0.10 s at batch 16: that is the floor of any fp32 engine, and why per-step
-gains over `model.generate` are bounded (by ~2x at batch 1 and ~3x at batch 16 on the 2-core AMD EPYC
-measured, bench/README.md).
+Where the time goes (SmolLM2-135M, fp32, one thread of the 2-core AMD EPYC, CPU clock; bench/bench_roofline.py
+measures it, bench/README.md has the figures): the products alone, with the fastest kernel torch has here and
+nothing else, take ~0.045 s at batch 1 (weights streaming from memory), ~0.10 s at batch 16 and ~0.25 s at
+batch 64: the floor of any fp32 engine. A step is ~1.2-1.3x that at batch 16 and 64: the rest is mostly
+attention reading the KV cache (at batch 64 ~400 MB a step, ~30 ms at this core's ~14 GB/s), then small ops and
+Python.
 
-Embedding, rotary embedding, final norm and LM head are called as modules, the layer norms read their
-modules' weights, and every projection that is not fused is called as a module (`q_proj(x)`, `mlp(x)`),
-never through its `.weight`, so SVF-wrapped layers (including per-row z) behave exactly as in the HF
-forward. Greedy output matches `model.generate` token for token up to float rounding (tests check it on tiny
-models and on SmolLM2).
+Embedding, rotary embedding and LM head are called as modules, the norms read their modules' weights, and
+every projection that is not fused is called as a module (`q_proj(x)`, `mlp(x)`), never through its
+`.weight`, so SVF-wrapped layers (including per-row z) behave exactly as in the HF forward. Greedy output
+matches `model.generate` token for token up to float rounding (tests check it on tiny models and on SmolLM2).
 """
 
 from __future__ import annotations
@@ -125,11 +125,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
-def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` for the Llama-family RMSNorm in fp32 as one `F.rms_norm` call: torch's composite runs HF's ops
-    (x * rsqrt(mean(x^2) + eps), times the weight), so the same bits, without the module call, its no-op casts
-    and five Python-level ops (~30 us per call at decoding sizes); any other norm or dtype is called as a module."""
+def _rms_norm(norm, x: torch.Tensor, ops=None) -> torch.Tensor:
+    """`norm(x)` for the Llama-family RMSNorm in fp32, with HF's bits (weight * (x * rsqrt(mean(x^2) + eps))):
+    with `ops`, the CPU kernel (cpu_kernels.py: torch's mean, then one pass), else one `F.rms_norm` call (torch's
+    composite runs HF's ops), either way without the module call, its no-op casts and five Python-level ops; any
+    other norm or dtype is called as a module."""
     if type(norm).__name__ in _RMS_NORMS and x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        if ops is not None and x.is_contiguous() and x.device.type == "cpu":
+            return ops.rms_norm(x, norm.weight, norm.variance_epsilon)
         return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     return norm(x)
 
@@ -290,7 +293,7 @@ class LlamaRunner:
             rows = slice(first, first + G)  # length, so a group's rows are consecutive): a copy, not an index_put
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._qkv(attn, _rms_norm(layer.input_layernorm, x))
+            q, k, v = self._qkv(attn, _rms_norm(layer.input_layernorm, x, ops))
             q = q.reshape(G, T, H, D).transpose(1, 2)  # (G, H, T, D)
             k = k.reshape(G, T, Hkv, D).transpose(1, 2)  # (G, Hkv, T, D)
             v = v.reshape(G, T, Hkv, D).transpose(1, 2)
@@ -304,8 +307,8 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling,
                                                    enable_gqa=self.n_rep > 1)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(G, T, H * D))
-            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), ops)
-        return self.lm_head(self.norm(x[:, -1:]))[:, 0]  # (G, V)
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x, ops), ops)
+        return self.lm_head(_rms_norm(self.norm, x[:, -1:], ops))[:, 0]  # (G, V)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -321,7 +324,7 @@ class LlamaRunner:
         QK = (H + Hkv) * D
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)
+            h = _rms_norm(layer.input_layernorm, x, ops)
             keys, values = self.kv[i, 0, :n], self.kv[i, 1, :n]  # (n, Hkv, L, D)
             y = self._fused_qkv(attn, h)
             # One query position: head h uses KV head h // R, so (n, H*D) -> (n, Hkv, R, D) groups them.
@@ -344,10 +347,10 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1], attn_mask=bias,
                                                    scale=attn.scaling)  # (n, Hkv, R, D)
             x = x + attn.o_proj(o.reshape(n, 1, H * D))
-            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), ops)
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x, ops), ops)
         self.length = t + 1
         self.pos = self.pos + 1
-        return self.lm_head(self.norm(x))[:, 0]  # (n, V)
+        return self.lm_head(_rms_norm(self.norm, x, ops))[:, 0]  # (n, V)
 
     def _ops(self, x: torch.Tensor):
         """The CPU kernels (cpu_kernels.py) where they run for `x` and the cache, else None (torch's ops)."""
