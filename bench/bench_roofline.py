@@ -14,13 +14,19 @@ budget) and reports the best speed-up any fp32 engine could reach over it:
   where the prefill floor is the layers' products over the prompts' real (unpadded) tokens.
 
     python bench/bench_roofline.py [--model default] [--batch-sizes 1,16] [--new-tokens 64] [--threads N]
-                                   [--engine] [--no-generate] [--prefill-batch-sizes 16]
+                                   [--engine] [--no-generate] [--prefill-batch-sizes 16] [--cpu-clock]
                                    [--out bench/out/roofline.json]
 
 With `--engine`, the library's engine decodes the same batch in the same process, and its median s/step (while
 the batch is full) and prefill seconds are divided by the floors (`engine_step_over_floor`,
 `engine_prefill_over_floor`: 1.0 would be an engine that does nothing but the products). `--no-generate` skips
 `model.generate`; `--prefill-batch-sizes` limits the (slow, at batch 64) prefill floor to those batch sizes.
+
+With `--cpu-clock` (and `--engine`), the floors and the engine are timed again on the process's CPU clock
+(`time.process_time`, all threads' seconds), which other jobs on a shared machine disturb far less than the wall
+clock: `runs[B]["cpu_clock"]` holds the floors, the engine's median s/step while the batch is full and its prefill
+(a batch stepped here, prompts sorted by length as `Engine.generate` sorts them), and their ratios. With one
+thread it is the time the work took; with more, the threads' sum, spin-waits included.
 """
 
 from __future__ import annotations
@@ -40,14 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import bench_prompts, cpu_name, load, run_engine, run_generate, save_results  # noqa: E402
 
 
-def timed(fn, reps: int = 5) -> float:
-    """Median seconds of `fn()` over `reps` runs after one warm-up run."""
+def timed(fn, reps: int = 5, clock=time.perf_counter) -> float:
+    """Median seconds of `fn()` over `reps` runs after one warm-up run, on `clock`."""
     fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -85,15 +91,37 @@ def kernels(weights: list[torch.Tensor], kind: str):
     raise ValueError(kind)
 
 
-def products_seconds(model, rows: int, kind: str, fused: bool, head: bool, reps: int) -> float:
-    """Seconds for one forward's products at `rows` rows (the LM head too with `head`)."""
+def products_seconds(model, rows: int, kind: str, fused: bool, head: bool, reps: int,
+                     clock=time.perf_counter) -> float:
+    """Seconds for one forward's products at `rows` rows (the LM head too with `head`), on `clock`."""
     weights = [w for ws in layer_weights(model, fused) for w in ws]
     if head:
         weights.append(model.lm_head.weight.detach())
     fns = kernels(weights, kind)
     xs = {k: torch.randn(rows, k) for k in {w.shape[1] for w in weights}}
     pairs = [(xs[w.shape[1]], f) for w, f in zip(weights, fns)]
-    return timed(lambda: [f(x) for x, f in pairs], reps)
+    return timed(lambda: [f(x) for x, f in pairs], reps, clock)
+
+
+def engine_cpu_seconds(engine, prompts: list[list[int]], new_tokens: int) -> dict:
+    """The engine on `prompts` (greedy), stepped here on the CPU clock: prefill (the first step) and the median
+    decoding step while every row is running, in CPU seconds."""
+    from transformer_squared.generation import SamplingParams
+
+    steps = []
+    with engine.batch(capacity=len(prompts)) as batch:
+        for p in sorted(prompts, key=lambda p: (len(p), p)):  # as Engine.generate orders a chunk
+            batch.add(p, SamplingParams(max_new_tokens=new_tokens))
+        t0 = time.process_time()
+        batch.step()
+        prefill = time.process_time() - t0
+        while batch:
+            full = len(batch) == len(prompts)
+            t0 = time.process_time()
+            batch.step()
+            if full:
+                steps.append(time.process_time() - t0)
+    return {"prefill_s": prefill, "s_per_step": statistics.median(steps) if steps else None, "steps": len(steps)}
 
 
 def memory_read_gbs() -> float:
@@ -112,6 +140,8 @@ def main() -> int:
     ap.add_argument("--no-generate", action="store_true", help="skip model.generate (floors and engine only)")
     ap.add_argument("--prefill-batch-sizes", default=None,
                     help="batch sizes whose prefill floor is measured (default: all of --batch-sizes)")
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="with --engine: floors and engine again on the process's CPU clock (steadier under load)")
     ap.add_argument("--out", default="bench/out/roofline.json")
     args = ap.parse_args()
     if args.threads:
@@ -163,6 +193,24 @@ def main() -> int:
                 print(f"  engine {e['s_per_step']:.4f} s/step = {row['engine_step_over_floor']:.2f}x the floor; "
                       f"prefill {e['prefill_s']:.2f} s" + (f" = {row['engine_prefill_over_floor']:.2f}x the floor"
                                                            if prefill else ""), flush=True)
+            if args.engine and args.cpu_clock:
+                cpu = lambda rows, head, reps: min(  # noqa: E731
+                    products_seconds(model, rows, kind, fused, head, reps, time.process_time)
+                    for kind, fused in (("mkl", False), ("onednn", False), ("onednn", True)))
+                c = {"step_floor_fp32_s": cpu(B, True, args.reps),
+                     "prefill_floor_fp32_s": cpu(real_tokens, False, max(1, args.reps // 2))
+                     if B in prefill_sizes else None,
+                     **{f"engine_{k}": v for k, v in
+                        engine_cpu_seconds(Engine(model, tok, max_batch_size=B), batch, args.new_tokens).items()}}
+                c["engine_step_over_floor"] = c["engine_s_per_step"] / c["step_floor_fp32_s"] \
+                    if c["engine_s_per_step"] else None
+                c["engine_prefill_over_floor"] = c["engine_prefill_s"] / c["prefill_floor_fp32_s"] \
+                    if c["prefill_floor_fp32_s"] else None
+                row["cpu_clock"] = c
+                print(f"  CPU clock: floor {c['step_floor_fp32_s']:.4f} s/step, engine {c['engine_s_per_step']:.4f} "
+                      f"= {c['engine_step_over_floor']:.2f}x" + (
+                          f"; prefill floor {c['prefill_floor_fp32_s']:.2f} s, engine {c['engine_prefill_s']:.2f} s = "
+                          f"{c['engine_prefill_over_floor']:.2f}x" if c["prefill_floor_fp32_s"] else ""), flush=True)
             if not args.no_generate:
                 g = run_generate(model, batch, args.new_tokens, engine.pad_id, engine.eos)
                 g.pop("rows")
