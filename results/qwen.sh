@@ -3,6 +3,7 @@
 # assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
 #
 #   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest compare
+#   bash results/qwen.sh run:NAME          one run of MBPP_RUNS (train) or NAME-test (its test-split evaluation)
 #
 # Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
 # interrupted run resumes in the next session, on another machine: every run is skipped when its result.json
@@ -30,19 +31,26 @@ stage_base_mbpp() {
   evaluate mbpp-base --task mbpp "${M[@]}" --max-new-tokens 512
 }
 
+# One function per run, so that two 1-thread runs can go side by side (`bash results/qwen.sh run:mbpp-svf-sft`); the
+# stages run them one after the other. Keep the names: they are the committed run directories.
+MBPP_RUNS=(mbpp-svf-rl-s0 mbpp-svf-rl-s1 mbpp-svf-rl-s2 mbpp-lora-rl mbpp-svf-sft mbpp-lora-sft)
+run_mbpp() {
+  case $1 in
+    mbpp-svf-rl-s[0-9]) train "$1" "${MBPP_COMMON[@]}" --method svf --lr 2e-3 "${RL[@]}" --test-limit 0 --seed "${1##*-s}" ;;
+    mbpp-lora-rl)  train "$1" "${MBPP_COMMON[@]}" --method lora --lr 5e-5 "${RL[@]}" --test-limit 0 --seed 0 ;;
+    mbpp-svf-sft)  train "$1" "${MBPP_COMMON[@]}" --method svf --lr 2e-3 --objective sft --test-limit 0 --seed 0 ;;
+    mbpp-lora-sft) train "$1" "${MBPP_COMMON[@]}" --method lora --lr 5e-5 --objective sft --test-limit 0 --seed 0 ;;
+    *-test) evaluate "$1" --task mbpp "${M[@]}" --max-new-tokens 512 --expert "$RUNS/${1%-test}/expert" ;;
+    *) echo "unknown run: $1" >&2; exit 2 ;;
+  esac
+}
+
 stage_train_mbpp() {
-  for s in 0 1 2; do
-    train mbpp-svf-rl-s$s "${MBPP_COMMON[@]}" --method svf --lr 2e-3 "${RL[@]}" --test-limit 0 --seed $s
-  done
-  train mbpp-lora-rl "${MBPP_COMMON[@]}" --method lora --lr 5e-5 "${RL[@]}" --test-limit 0 --seed 0
-  train mbpp-svf-sft "${MBPP_COMMON[@]}" --method svf --lr 2e-3 --objective sft --test-limit 0 --seed 0
-  train mbpp-lora-sft "${MBPP_COMMON[@]}" --method lora --lr 5e-5 --objective sft --test-limit 0 --seed 0
+  for r in "${MBPP_RUNS[@]}"; do run_mbpp "$r"; done
 }
 
 stage_test_mbpp() {  # each expert on the full test split, as `t2 eval` records (for `t2 compare` against the base)
-  for r in mbpp-svf-rl-s0 mbpp-svf-rl-s1 mbpp-svf-rl-s2 mbpp-lora-rl mbpp-svf-sft mbpp-lora-sft; do
-    evaluate "$r-test" --task mbpp "${M[@]}" --max-new-tokens 512 --expert "$RUNS/$r/expert"
-  done
+  for r in "${MBPP_RUNS[@]}"; do run_mbpp "$r-test"; done
 }
 
 stage_base_rest() {  # base accuracy on the other tasks: full test splits where they fit, seeded subsets otherwise
@@ -63,8 +71,9 @@ stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL again
   done
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest compare)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest compare, or run:NAME)" >&2; exit 2; }
 for s in "$@"; do
+  if [[ $s == run:* ]]; then run_mbpp "${s#run:}"; continue; fi
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
   "stage_$s"
 done
