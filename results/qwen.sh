@@ -24,7 +24,8 @@ M=(--model "$Q")
 # model as a candidate. Every expert, SVF or LoRA, is tested by `t2 eval --expert` (stage test_mbpp: per-item
 # records that `t2 compare` pairs with the base's and with each other), so training itself skips the test split.
 MBPP_COMMON=(--task mbpp "${M[@]}" --steps 20 --batch-size 8 --max-new-tokens 512 --schedule constant
-             --eval-every 10 --valid-limit -1 --checkpoint-every 1 --no-progress --rollout-precision exact)
+             --eval-every 10 --valid-limit -1 --checkpoint-every 1 --no-progress --rollout-precision exact
+             --micro-batch-tokens 1024)  # ~10 GB at the gradient pass instead of ~14: two runs fit in 24 GB
 RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
 
 stage_base_mbpp() {

@@ -49,6 +49,10 @@ def test_a_checkpoint_older_than_a_field_resumes_with_the_fields_earlier_behavio
     sft = TrainConfig(**{**now.to_dict(), "objective": "sft", "samples_per_prompt": 1, "rollout_precision": "auto"})
     old_sft = {k: v for k, v in sft.recipe().items() if k not in ("baseline", "advantage_norm")}
     checkpoint.check_same_recipe(old_sft, sft.recipe(), tmp_path)  # no rollouts: their precision is not compared
+    # A memory knob: the saved run's micro-batches (recorded by runs written before it became a runtime field)
+    # never block a resume with smaller ones.
+    small = TrainConfig(**{**now.to_dict(), "micro_batch_tokens": 1024})
+    checkpoint.check_same_recipe({**saved, "micro_batch_tokens": 2048}, small.recipe(), tmp_path)
 
 
 @pytest.fixture(autouse=True)

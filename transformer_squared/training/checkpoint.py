@@ -20,7 +20,7 @@ import torch
 from .._version import __version__
 from ..errors import T2Error
 from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json
-from .config import INTRODUCED
+from .config import INTRODUCED, RUNTIME_FIELDS
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -85,7 +85,7 @@ def check_same_recipe(saved: dict[str, Any], current: dict[str, Any], directory:
     """Refuse to resume with options that would change the result. A field that `saved` lacks and `current` has
     was added to TrainConfig after the checkpoint was written: the run had its `config.INTRODUCED` value."""
     older = {k: v for k, v in INTRODUCED.items() if k in current and k not in saved}
-    saved = {**older, **saved}
+    saved = {k: v for k, v in {**older, **saved}.items() if k not in RUNTIME_FIELDS}  # e.g. micro_batch_tokens
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in LOCATION_FIELDS and saved.get(k) != current.get(k))
     if diff:

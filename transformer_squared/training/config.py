@@ -31,7 +31,9 @@ ADVANTAGE_NORMS = ("none", "std")
 ROLLOUT_PRECISIONS = ("auto", "exact", "fast", "int8", "bf16")  # generation/precision.py's, and auto
 METHOD_DEFAULTS = {"svf": {"lr": 2e-3, "grad_clip": 1e-3}, "lora": {"lr": 5e-5, "grad_clip": 1.0}}
 # Fields that do not change what is computed: a resumed run may differ from the original in these.
-RUNTIME_FIELDS = ("resume", "overwrite", "stop_after", "progress", "device", "threads")
+# micro_batch_tokens splits the same gradient sum differently (float rounding only): a run that needs less memory
+# on the machine it resumes on may lower it.
+RUNTIME_FIELDS = ("resume", "overwrite", "stop_after", "progress", "device", "threads", "micro_batch_tokens")
 # Fields of RL rollouts only: not part of an SFT run's recipe (they change nothing there).
 ROLLOUT_FIELDS = ("rollout_precision", "tis_cap")
 # Fields added after runs were checkpointed, with the value that does what those runs did: a saved recipe that
@@ -78,8 +80,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay (0 = Adam); it pulls z towards 0, not 1")
     grad_clip: float | None = _f(None, "max global gradient norm (default: 1e-3 for svf as in the paper, "
                                        "1.0 for lora); 0 disables")
-    micro_batch_tokens: int = _f(2048, "padded tokens per forward/backward pass (memory knob; the result "
-                                       "does not depend on it)")
+    micro_batch_tokens: int = _f(2048, "padded tokens per forward/backward pass (memory knob: the same "
+                                       "gradient up to float rounding; may change when resuming)")
     seed: int = _f(0, "seed for data order, initialisation and sampling")
 
     # -- reinforcement learning --------------------------------------------------------------------------------
