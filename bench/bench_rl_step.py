@@ -1,6 +1,7 @@
 """Seconds of one RL training step (SVF-RL by default), split into its parts, through the library's own loop pieces.
 
     python bench/bench_rl_step.py [--model smollm2-135m-instruct[,PATH.gguf ...]] [--dtype fp32[,bf16]]
+                                  [--rollout-precision exact[,fast,int8,bf16]]
                                   [--task arc-easy] [--prompts 8] [--samples 4] [--new-tokens 64] [--steps 2]
                                   [--method svf] [--micro-batch-tokens 2048] [--threads N]
                                   [--out bench/out/rl_step.json]
@@ -22,9 +23,12 @@ Each step is timed in four parts, in the loop's order:
 Step 1 warms up allocators and kernels and runs at z = 1 (no merge); the reported step is the median of steps
 2..N (default: one). Each (model, dtype) runs in its own spawned process, so one crash does not lose the others
 and peak RSS is that run's alone. "Exact" is fp32, the library's default everywhere; `--dtype bf16` loads the
-model in bfloat16 as `t2 train --dtype bf16` does (written for GPUs; SVF math stays fp32). There is no fast
-(low-precision) CPU mode in the library yet: the JSON says so under `fast_mode`. The issue's target (#14 item 6):
-a step in <= 15 s for SmolLM2-135M on 2 cores.
+model in bfloat16 as `t2 train --dtype bf16` does (written for GPUs; SVF math stays fp32). `--rollout-precision`
+times each (model, dtype) once per rollout precision, as `t2 train --rollout-precision` sets it: `exact` rolls out
+on the fp32 engine; `fast` (t2 train's CPU default, through `auto`), `int8` or `bf16` on the engine's low-precision
+copy of the weights (generation/precision.py, re-made after each update as the loop does), and the gradient pass
+then weights each token by its truncated importance ratio (the fp32 log-prob over the rollout's). The issue's
+target (#14 item 6): a step in <= 15 s for SmolLM2-135M on 2 cores.
 
 The machine's floor for the same work (`machine_floor`, measured after the steps in the same process and
 threads, fp32): rollout = the prompts' prefill at this CPU's GEMM throughput + each decoding step's matrix
@@ -51,9 +55,7 @@ from cpuinfo import cpu_name  # noqa: E402
 
 OUT = "bench/out/rl_step.json"
 TARGET_STEP_SECONDS = 15.0  # issue #14 item 6: SmolLM2-135M, 2 cores
-FAST_MODE = {"available": False,
-             "reason": "no low-precision fast mode exists in the engine or trainer yet; `t2 train --dtype bf16` "
-                       "(written for GPUs) is timed with --dtype bf16"}
+PRECISIONS = ("exact", "fast", "int8", "bf16")  # TrainConfig.rollout_precision's values, but auto (= fast on CPU)
 
 
 def lose_first_when_out_of_memory() -> None:
@@ -70,7 +72,8 @@ def measure(spec: dict, queue) -> None:
     try:
         queue.put(_measure(spec))
     except BaseException as e:  # noqa: BLE001 - reported in the JSON, the parent goes on with the next run
-        queue.put({"model": spec["model"], "dtype": spec["dtype"], "error": f"{type(e).__name__}: {e}"[:500]})
+        queue.put({"model": spec["model"], "dtype": spec["dtype"], "rollout_precision": spec["rollout_precision"],
+                   "error": f"{type(e).__name__}: {e}"[:500]})
 
 
 def _measure(spec: dict) -> dict:
@@ -97,7 +100,8 @@ def _measure(spec: dict) -> dict:
                       batch_size=spec["prompts"], samples_per_prompt=spec["samples"],
                       temperature=1.0 if spec["samples"] > 1 else 0.0, max_new_tokens=spec["new_tokens"],
                       dtype=spec["dtype"], eval_batch_size=spec["eval_batch_size"],
-                      micro_batch_tokens=spec["micro_batch_tokens"]).resolved(task.max_new_tokens)
+                      micro_batch_tokens=spec["micro_batch_tokens"],
+                      rollout_precision=spec["rollout_precision"]).resolved(task.max_new_tokens)
     t = time.perf_counter()
     policy = make_policy(cfg, lm, progress=False)  # SVF: the decomposition, from the cache after a first run
     policy_s = time.perf_counter() - t
@@ -106,6 +110,9 @@ def _measure(spec: dict) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size)
+    if cfg.rollout_precision != "exact":  # as training/loop.py: the rollouts' own low-precision engine
+        engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size,
+                        precision=cfg.rollout_precision)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             stop=tuple(task.stop))
     batches = rollouts(policy, engine, lm.tokenizer, task, train_set, DataOrder(len(train_set), cfg.seed),
@@ -158,7 +165,7 @@ def _measure(spec: dict) -> dict:
                 "decode_step_rows": step_rows,
                 "reward_mean": float(batch.rewards.mean()), "grad_norm": grad_norm,
                 "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]})
-            print(f"  {spec['model']} {spec['dtype']} step {step}: {_line(steps[-1])}", file=sys.stderr, flush=True)
+            print(f"  {spec['model']} {spec['dtype']} rollouts {spec['rollout_precision']} step {step}: {_line(steps[-1])}", file=sys.stderr, flush=True)
         floor = machine_floor(policy.model, steps, max(spec["eval_batch_size"], max(
             (r for st in steps for r in st["decode_step_rows"]), default=1)))
     finally:
@@ -169,6 +176,7 @@ def _measure(spec: dict) -> dict:
     keys = [k for k, v in steps[0].items() if k.endswith("_s")]
     return {"model": spec["model"], "dtype": spec["dtype"],
             "mode": "exact (fp32)" if spec["dtype"] == "fp32" else "bf16 (t2 train --dtype bf16)",
+            "rollout_precision": spec["rollout_precision"], "rollout_engine": engine.precision_info,
             "method": cfg.method, "threads": torch.get_num_threads(),
             "engine_packed_weights": engine.pack_weights, "engine_path": type(engine.new_runner(256)).__name__,
             "load_s": load_s, "policy_s": policy_s, "trainable_parameters": sum(p.numel() for p in policy.parameters()),
@@ -189,7 +197,8 @@ def machine_floor(model, steps: list[dict], max_rows: int) -> dict:
     Each step's floor is then filled in by `step_floor`. Nothing else (attention, norms, sampling, Python, the
     SVF term, the optimizer) is counted. Timed on two clocks: wall (the same conditions as the step's seconds:
     on a shared machine both stretch together) and process CPU seconds / threads (the floor with the threads'
-    cores to itself, steadier under load)."""
+    cores to itself, steadier under load). It is the fp32 floor whatever the rollouts' precision: a low-precision
+    rollout can go below its rollout part."""
     import torch
     from bench_roofline import kernels, layer_weights
 
@@ -285,6 +294,9 @@ def main(argv=None) -> int:
                    help="comma-separated models (alias, .gguf, HF directory), each timed in turn; e.g. add the path "
                         "printed by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh for Qwen2.5-Coder-0.5B")
     p.add_argument("--dtype", default="fp32", help="comma-separated: fp32 (exact), bf16")
+    p.add_argument("--rollout-precision", default="exact",
+                   help=f"comma-separated, each timed in turn: {', '.join(PRECISIONS)} (t2 train's "
+                        "--rollout-precision; its CPU default auto is fast)")
     p.add_argument("--task", default="arc-easy")
     p.add_argument("--data-dir", default=os.environ.get("T2_DATA_DIR") or
                    str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -307,6 +319,9 @@ def main(argv=None) -> int:
     dtypes = a.dtype.split(",")
     if bad := [x for x in dtypes if x not in ("fp32", "bf16")]:
         p.error(f"--dtype: {bad[0]!r} is not fp32 or bf16")
+    precisions = a.rollout_precision.split(",")
+    if bad := [x for x in precisions if x not in PRECISIONS]:
+        p.error(f"--rollout-precision: {bad[0]!r} is not one of {', '.join(PRECISIONS)}")
 
     import multiprocessing as mp
     import queue as queue_mod
@@ -314,17 +329,18 @@ def main(argv=None) -> int:
     import torch
 
     ctx = mp.get_context("spawn")
-    settings = {k: v for k, v in vars(a).items() if k not in ("out", "model", "dtype")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "model", "dtype", "rollout_precision")}
     res = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "settings": settings,
-           "target_step_seconds": TARGET_STEP_SECONDS, "fast_mode": FAST_MODE,
+           "target_step_seconds": TARGET_STEP_SECONDS,
            "loadavg_start": os.getloadavg(), "runs": []}
     print(f"{res['cpu']}, {a.threads} threads, load average {res['loadavg_start'][0]:.1f}; {a.prompts} prompts x "
           f"{a.samples} samples x {a.new_tokens} new tokens ({a.task}, {a.method})", flush=True)
     for model in a.model.split(","):
-        for dtype in dtypes:
+        for dtype, precision in [(d, r) for d in dtypes for r in precisions]:
             q = ctx.Queue()
-            proc = ctx.Process(target=measure, args=({**settings, "model": model, "dtype": dtype}, q))
+            proc = ctx.Process(target=measure, args=({**settings, "model": model, "dtype": dtype,
+                                                             "rollout_precision": precision}, q))
             proc.start()
             row = None
             while row is None:  # a child killed (e.g. out of memory) puts nothing on the queue
@@ -333,16 +349,16 @@ def main(argv=None) -> int:
                 except queue_mod.Empty:
                     if not proc.is_alive():
                         killed = " (SIGKILL: out of memory?)" if proc.exitcode == -9 else ""
-                        row = {"model": model, "dtype": dtype, "error": f"the run's process died "
-                                                                        f"(exit code {proc.exitcode}{killed})"}
+                        row = {"model": model, "dtype": dtype, "rollout_precision": precision,
+                               "error": f"the run's process died (exit code {proc.exitcode}{killed})"}
             proc.join()
             res["runs"].append(row)
             if "error" in row:
-                print(f"{model} {dtype}: error: {row['error']}", flush=True)
+                print(f"{model} {dtype} rollouts {precision}: error: {row['error']}", flush=True)
             else:
                 verdict = "meets" if row["step_s"] <= TARGET_STEP_SECONDS else "misses"
-                print(f"{model} {dtype}: {_line(row)}; peak RSS {row['peak_rss_mb']:.0f} MB ({verdict} the "
-                      f"{TARGET_STEP_SECONDS:.0f} s target)", flush=True)
+                print(f"{model} {dtype} rollouts {precision}: {_line(row)}; peak RSS {row['peak_rss_mb']:.0f} MB "
+                      f"({verdict} the {TARGET_STEP_SECONDS:.0f} s target)", flush=True)
                 if "floor_s" in row:
                     print(f"  machine floor {row['floor_s']:.1f} s = rollout {row['floor_rollout_s']:.1f} (prefill "
                           f"{row['floor_rollout_prefill_s']:.2f} + decode products {row['floor_rollout_decode_s']:.1f})"

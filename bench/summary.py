@@ -9,6 +9,8 @@ Runs, one after the other (so they do not compete for the cores), with OMP_WAIT_
 |------------|-----------------------------------------------------------------------|-------------------------------------|
 | roofline   | bench_roofline.py --batch-sizes 16,64 --new-tokens 32 --engine        | decode_step_over_floor_b16 / _b64,  |
 |            |   --no-generate --prefill-batch-sizes 16 --reps 3                     | prefill_over_floor (batch 16)       |
+| roofline_1t| the same with --cpu-clock (OMP_NUM_THREADS=1)                         | the same ratios at one thread on    |
+|            |                                                                       | the CPU clock: *_1thread_cpu        |
 | generation | bench_generation.py --batch-sizes 16 --new-tokens 32 --rollout 0      | the anchor: engine vs `generate`,   |
 |            |   --variants engine,generate --compiled-generate 16 --precision fast  | eager and static cache + compile;   |
 |            |                                                                       | fast_mode, fast_mode_speedup_b16    |
@@ -18,7 +20,8 @@ Runs, one after the other (so they do not compete for the cores), with OMP_WAIT_
 | training   | bench_training.py --prompts 4 --new-tokens 32 --steps 1               | svf_over_lora_step                  |
 |            |   (OMP_NUM_THREADS=1)                                                 |                                     |
 | rl_step    | bench_rl_step.py (8 prompts x 4 samples x 64 tokens, 2 steps)         | rl_step_seconds_smollm2,            |
-|            |                                                                       | rl_step_floor_seconds_smollm2       |
+|            |   --rollout-precision exact,fast                                      | rl_step_floor_seconds_smollm2,      |
+|            |                                                                       | rl_step_seconds_smollm2_fast        |
 
 Each writes its JSON and log under `--work-dir` (bench/out/summary/); a benchmark that fails or times out leaves its keys null
 with a `<key>_reason` (its last error line), and the others still run. `fast_mode` is the precision the engine's fast mode
@@ -87,8 +90,11 @@ def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], di
                         {"OMP_NUM_THREADS": "1"}),
             "training": (["bench_training.py", *m, "--prompts", "2", "--new-tokens", "4", "--steps", "1",
                           *j("training")], {"OMP_NUM_THREADS": "1"}),
+            "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "4", "--engine",
+                             "--no-generate", "--prefill-batch-sizes", "16", "--reps", "1", "--cpu-clock",
+                             *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
             "rl_step": (["bench_rl_step.py", *m, "--prompts", "2", "--samples", "2", "--new-tokens", "4",
-                         "--steps", "2", *j("rl_step")], {}),
+                         "--steps", "2", "--rollout-precision", "exact,fast", *j("rl_step")], {}),
         }
     return {
         "roofline": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "32", "--engine",
@@ -100,7 +106,10 @@ def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], di
                     {"OMP_NUM_THREADS": "1"}),
         "training": (["bench_training.py", *m, "--prompts", "4", "--new-tokens", "32", "--steps", "1",
                       *j("training")], {"OMP_NUM_THREADS": "1"}),
-        "rl_step": (["bench_rl_step.py", *m, "--steps", "2", *j("rl_step")], {}),
+        "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "32", "--engine",
+                         "--no-generate", "--prefill-batch-sizes", "16", "--reps", "3", "--cpu-clock",
+                         *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
+        "rl_step": (["bench_rl_step.py", *m, "--steps", "2", "--rollout-precision", "exact,fast", *j("rl_step")], {}),
     }
 
 
@@ -221,6 +230,15 @@ def collect(results: dict[str, dict], skipped: set[str]) -> dict:
     put("decode_step_over_floor_b16", "roofline", dig(roof, "runs", "16", "engine_step_over_floor"))
     put("decode_step_over_floor_b64", "roofline", dig(roof, "runs", "64", "engine_step_over_floor"))
     put("prefill_over_floor", "roofline", dig(roof, "runs", "16", "engine_prefill_over_floor"))
+    # The same ratios at one thread on the process's CPU clock (steadier on a shared machine; no thread hand-offs):
+    # what the engine's own overhead is, apart from what a second thread costs in synchronisation.
+    roof1 = results.get("roofline_1t", {}).get("data")
+    put("decode_step_over_floor_b16_1thread_cpu", "roofline_1t",
+        dig(roof1, "runs", "16", "cpu_clock", "engine_step_over_floor"))
+    put("decode_step_over_floor_b64_1thread_cpu", "roofline_1t",
+        dig(roof1, "runs", "64", "cpu_clock", "engine_step_over_floor"))
+    put("prefill_over_floor_1thread_cpu", "roofline_1t",
+        dig(roof1, "runs", "16", "cpu_clock", "engine_prefill_over_floor"))
     # The fast mode: the precision it resolved to here, and its speed-up over the exact engine at batch 16.
     gen = results.get("generation", {}).get("data")
     prec = dig(gen, "precision") or {}
@@ -245,7 +263,9 @@ def collect(results: dict[str, dict], skipped: set[str]) -> dict:
     if dig(training, "ratio_svf_over_lora_cpu", "step_seconds") is not None:  # CPU seconds: steadier under load
         out["svf_over_lora_step_cpu_seconds"] = training["ratio_svf_over_lora_cpu"]["step_seconds"]
     rl = results.get("rl_step", {}).get("data")
-    rl_run = (dig(rl, "runs") or [{}])[0]
+    rl_runs = dig(rl, "runs") or []
+    rl_run = next((r for r in rl_runs if r.get("rollout_precision", "exact") == "exact"), {})
+    rl_fast = next((r for r in rl_runs if r.get("rollout_precision") == "fast"), {})
     put("rl_step_seconds_smollm2", "rl_step", rl_run.get("step_s"), rl_run.get("error"))
     if rl_run.get("step_s") is not None:
         out["rl_step_parts_smollm2"] = {k: round(rl_run[k], 3) for k in (
@@ -257,6 +277,13 @@ def collect(results: dict[str, dict], skipped: set[str]) -> dict:
         "floor_error"))
     if rl_run.get("floor_s") is not None:
         out["rl_step_over_floor_smollm2"] = rl_run.get("step_over_floor")
+    # The same step with t2 train's default rollouts (auto = fast on CPU: int8 or bf16, truncated IS in the loss)
+    put("rl_step_seconds_smollm2_fast", "rl_step", rl_fast.get("step_s"),
+        rl_fast.get("error") or ("rl_step ran no fast-rollout step" if rl_runs else None))
+    if rl_fast.get("step_s") is not None:
+        out["rl_step_fast_rollout_precision"] = dig(rl_fast, "rollout_engine", "compute_precision")
+        out["rl_step_parts_smollm2_fast"] = {k: round(rl_fast[k], 3) for k in (
+            "merge_s", "rollout_s", "gradient_s", "optimizer_s") if k in rl_fast}
 
     # Item 3's anchor: transformers' own fastest generate (static cache + torch.compile) next to the engine.
     b16 = dig(gen, "runs", "16") or {}

@@ -17,7 +17,11 @@ SUMMARY_KEYS = ("cpu", "load_avg", "targets", "meets_targets", "benchmarks", "de
                 "decode_step_over_floor_b64", "prefill_over_floor", "fast_mode_speedup_b16", "fast_mode",
                 "serving_throughput_over_sequential", "serving_p50_over_single", "svf_over_lora_step",
                 "rl_step_seconds_smollm2", "anchor_generate_b16", "serving_throughput_limit", "serving_p50_limit",
-                "rl_step_floor_seconds_smollm2")
+                "rl_step_floor_seconds_smollm2", "decode_step_over_floor_b16_1thread_cpu",
+                "decode_step_over_floor_b64_1thread_cpu", "prefill_over_floor_1thread_cpu",
+                "rl_step_seconds_smollm2_fast")
+UNTARGETED = ("decode_step_over_floor_b16_1thread_cpu", "decode_step_over_floor_b64_1thread_cpu",
+              "prefill_over_floor_1thread_cpu", "rl_step_seconds_smollm2_fast")  # beside the targeted figures
 LIMITS = ("serving_throughput_limit", "serving_p50_limit", "rl_step_floor_seconds_smollm2")  # no targets
 TARGETED = ("decode_step_over_floor_b16", "decode_step_over_floor_b64", "prefill_over_floor",
             "fast_mode_speedup_b16", "serving_throughput_over_sequential", "serving_p50_over_single",
@@ -38,7 +42,7 @@ def check_summary(s: dict) -> None:
     for key in SUMMARY_KEYS:
         assert key in s, key
     assert set(s["targets"]) == set(TARGETED)
-    for key in TARGETED + LIMITS:  # a figure, or null with the reason why
+    for key in TARGETED + LIMITS + UNTARGETED:  # a figure, or null with the reason why
         assert s[key] is not None or s.get(f"{key}_reason"), key
     assert s["fast_mode"] in ("int8", "bf16") or (s["fast_mode"] is None and s["fast_mode_reason"])
     assert len(s["load_avg"]["start"]) == 3
@@ -47,11 +51,12 @@ def check_summary(s: dict) -> None:
 def test_summary_with_everything_skipped_prints_every_key_null_with_its_reason(tmp_path):
     out = tmp_path / "summary.json"
     p = run(["bench/summary.py", "--json", "--out", str(out), "--work-dir", str(tmp_path / "work"),
-             "--skip", "roofline,generation,serving,training,rl_step"], tmp_path, 60)
+             "--skip", "roofline,roofline_1t,generation,serving,training,rl_step"], tmp_path, 60)
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)  # stdout is the JSON object alone
     check_summary(s)
-    assert all(s[k] is None for k in TARGETED + LIMITS)
+    assert all(s[k] is None for k in TARGETED + LIMITS + UNTARGETED)
+    assert s["decode_step_over_floor_b16_1thread_cpu_reason"] == "roofline_1t skipped (--skip)"
     assert s["rl_step_seconds_smollm2_reason"] == "rl_step skipped (--skip)"
     assert s["rl_step_floor_seconds_smollm2_reason"] == "rl_step skipped (--skip)"
     assert s["serving_throughput_limit_reason"] == "serving skipped (--skip)"
@@ -68,21 +73,29 @@ def test_rl_step_tiny_prints_its_parts(tmp_path, tiny_model_dir, shared_data):
     out = tmp_path / "rl.json"
     p = run(["bench/bench_rl_step.py", "--model", str(tiny_model_dir), "--data-dir", str(shared_data),
              "--prompts", "2", "--samples", "2", "--new-tokens", "3", "--steps", "2", "--threads", "1",
-             "--out", str(out)], tmp_path, 300)
+             "--rollout-precision", "exact,int8", "--out", str(out)], tmp_path, 300)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(out.read_text())
-    for key in ("cpu", "loadavg_start", "loadavg_end", "settings", "target_step_seconds", "fast_mode", "runs"):
+    for key in ("cpu", "loadavg_start", "loadavg_end", "settings", "target_step_seconds", "runs"):
         assert key in res, key
-    (row,) = res["runs"]
-    assert "error" not in row, row
-    for key in STEP_KEYS + ("mode", "threads", "peak_rss_mb", "steps"):
-        assert key in row, key
-    # the machine's floor: present and positive (never compared with the step: both are timings)
-    assert "floor_error" not in row, row["floor_error"]
-    for key in FLOOR_KEYS:
-        assert row[key] > 0, key
-    assert all(len(s["decode_step_rows"]) > 0 and s["prefill_tokens"] > 0 for s in row["steps"])
-    assert row["steps_timed"] == [2] and [s["rollouts"] for s in row["steps"]] == [4, 4]
+    assert [(r["rollout_precision"], r.get("rollout_engine", {}).get("compute_precision")) for r in res["runs"]] == [
+        ("exact", "exact"), ("int8", "int8")], res["runs"]
+    for row in res["runs"]:
+        assert "error" not in row, row
+        for key in STEP_KEYS + ("mode", "threads", "peak_rss_mb", "steps"):
+            assert key in row, key
+        # the machine's floor: present and positive (never compared with the step: both are timings)
+        assert "floor_error" not in row, row["floor_error"]
+        for key in FLOOR_KEYS:
+            assert row[key] > 0, key
+        assert all(len(s["decode_step_rows"]) > 0 and s["prefill_tokens"] > 0 for s in row["steps"])
+        assert row["steps_timed"] == [2] and [s["rollouts"] for s in row["steps"]] == [4, 4]
+
+
+def test_rl_step_refuses_an_unknown_rollout_precision(tmp_path):
+    p = run(["bench/bench_rl_step.py", "--rollout-precision", "exact,fp8", "--out", str(tmp_path / "x.json")],
+            tmp_path, 60)
+    assert p.returncode == 2 and "--rollout-precision: 'fp8' is not one of" in p.stderr
 
 
 @pytest.mark.slow
@@ -94,14 +107,15 @@ def test_summary_tiny_runs_every_benchmark(tmp_path, tiny_model_dir, shared_data
             tmp_path, 1200, T2_DATA_DIR=str(shared_data))
     s = json.loads(p.stdout)
     check_summary(s)
-    assert set(s["benchmarks"]) == {"roofline", "generation", "serving", "training", "rl_step"}
+    assert set(s["benchmarks"]) == {"roofline", "roofline_1t", "generation", "serving", "training", "rl_step"}
     for name, rec in s["benchmarks"].items():
         assert not rec.get("error"), (name, rec, Path(rec["log"]).read_text()[-2000:])
     for key in TARGETED:
         # every figure is there, but the fast mode's speed-up on a machine with no fast mode
         assert (s[key] is None) == (key == "fast_mode_speedup_b16" and s["fast_mode"] is None), key
-    for key in LIMITS:  # the machine's limits and floor: present and positive, never compared with timings
+    for key in LIMITS + UNTARGETED:  # limits, floor, and the figures beside the targeted ones: there and positive
         assert s[key] > 0, key
+    assert s["rl_step_fast_rollout_precision"] == s["fast_mode"]  # fast rollouts are the engine's fast mode
     serving = json.loads((tmp_path / "work" / "serving.json").read_text())
     for clock in ("cpu", "wall"):  # the engine alone: both clocks, every figure the limits come from
         for key in ("step1_s", "prefill1_s", "stepB_rows_s", "stepB_merged_s", "prefillB_rows_s", "lone_request_s",
