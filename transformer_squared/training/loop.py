@@ -79,7 +79,7 @@ from .losses import kl_to_base, reinforce_loss, sampling_logprobs, sft_loss, tok
 from .lora import LoRAPolicy  # imports peft only when a LoRA policy is made (an optional extra)
 from .policy import SVFPolicy
 from .rollout import Batch, DataOrder, hash_seed, rollouts, sft_batches
-from .sequences import completion_logits, micro_batches, pack, pad_completions
+from .sequences import completion_logits, completion_logprobs, micro_batches, pack, pad_completions
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -139,13 +139,15 @@ def gradient_pass(policy, batch: Batch, cfg: TrainConfig, normalizer: float, pad
             if rl and cfg.kl_coef > 0:
                 with policy.reference():
                     _, base_logp = token_logprobs(completion_logits(policy.model, packed, G), packed.tokens)
-            logits = completion_logits(policy.model, packed, G)  # (N, Tc, V)
             if rl:
                 # the rollouts' own distribution (temperature, nucleus); the KL compares untempered policies
-                tok_logp = sampling_logprobs(logits, packed.tokens, cfg.temperature, cfg.top_p)  # (N, Tc)
                 kl = None
-                if base_logp is not None:
+                if base_logp is not None:  # the KL needs every token's probability: the full logits
+                    logits = completion_logits(policy.model, packed, G)  # (N, Tc, V)
+                    tok_logp = sampling_logprobs(logits, packed.tokens, cfg.temperature, cfg.top_p)  # (N, Tc)
                     kl = kl_to_base(token_logprobs(logits, packed.tokens)[1], base_logp, packed.mask)
+                else:  # the sampled tokens' log-probs only, a chunk of positions at a time (sequences.py)
+                    tok_logp = completion_logprobs(policy.model, packed, G, cfg.temperature, cfg.top_p)
                 adv = batch.advantages[index].to(device)  # (N,)
                 weights = None
                 if batch.rollout_logprobs is not None:  # low-precision rollouts: truncated importance weights
@@ -156,7 +158,7 @@ def gradient_pass(policy, batch: Batch, cfg: TrainConfig, normalizer: float, pad
                         sums[k] += v
                 loss, parts = reinforce_loss(tok_logp, packed.mask, adv, normalizer, kl, cfg.kl_coef, weights)
             else:
-                loss, parts = sft_loss(token_logprobs(logits, packed.tokens)[0], packed.mask, normalizer)
+                loss, parts = sft_loss(completion_logprobs(policy.model, packed), packed.mask, normalizer)
             loss.backward()
             sums["loss"] += float(loss.detach())
             for k, v in parts.items():

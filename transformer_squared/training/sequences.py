@@ -8,14 +8,30 @@ Position ids count real tokens only. Every completion token c_t is predicted at 
 `logits_to_keep=Tc+1` slice gives all the predictions the losses need and the LM head never runs on prompt
 tokens (for SmolLM2 the head is a fifth of the model's multiply-adds per token). With G samples per prompt
 the prompt runs once per group and the samples continue from its (repeated) KV cache.
+
+The losses need only the log-prob of each completion token, not the (N, Tc, V) logits: `completion_logprobs`
+takes the decoder's hidden states and applies the LM head and the log-softmax a chunk of positions at a time,
+under activation checkpointing, so a chunk's logits live only while it is computed (and once more in the
+backward, which recomputes them). With Qwen2.5's 151,936-token vocabulary a group of 4 samples x 512 tokens held
+~1.2 GB per logits-sized tensor, several at once (logits, tempered logits, their gradients): most of an RL step's
+memory. The price is one more LM-head product per completion token in the backward. Models whose logits are not
+`head(decoder(...).last_hidden_state)` (soft-capping, logit scales, wrappers) take the full-logits path; this is
+checked numerically once per model, not assumed.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .losses import sampling_logprobs
+
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32): ~110 positions of Qwen2.5's vocabulary
 
 
 @dataclass
@@ -117,3 +133,82 @@ def completion_logits(model, packed: Packed, group: int = 1) -> torch.Tensor:
                  position_ids=packed.position_ids[:, Tp:], past_key_values=cache, use_cache=True)
     head = first.logits.repeat_interleave(group, dim=0)  # (N, 1, V): predicts completion token 0
     return torch.cat([head, rest.logits[:, :-1]], dim=1)  # (N, Tc, V)
+
+
+_SPLIT_OK: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _split_head(model, packed: Packed):
+    """(decoder, head) when `model`'s logits are head(decoder(...).last_hidden_state), else None. Checked once
+    per model on the first row of a micro-batch (a few tokens, no grad): nothing is assumed of the architecture
+    beyond `get_decoder()` / `get_output_embeddings()`."""
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    if decoder is None or not isinstance(head, nn.Linear) or head.bias is not None:
+        return None
+    ok = _SPLIT_OK.get(model)
+    if ok is None:
+        n = min(8, packed.input_ids.shape[1])
+        args = dict(input_ids=packed.input_ids[:1, -n:], attention_mask=packed.attention_mask[:1, -n:],
+                    position_ids=packed.position_ids[:1, -n:], use_cache=False)
+        # in eval mode (dropout would make the two passes differ) and with the RNG untouched (a resumed run
+        # must draw what the uninterrupted one drew)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                full = model(**args).logits.float()
+                split = head(decoder(**args).last_hidden_state).float()
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        ok = full.shape == split.shape and torch.allclose(full, split, rtol=1e-4, atol=1e-4)
+        _SPLIT_OK[model] = ok
+    return (decoder, head) if ok else None
+
+
+def _completion_hidden(decoder, packed: Packed, group: int) -> torch.Tensor:
+    """The decoder's last hidden states at the positions that predict the completion tokens: (N, Tc, H), the
+    positions `completion_logits` takes the logits of."""
+    Tc = packed.tokens.shape[1]
+    if group == 1:
+        h = decoder(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                    position_ids=packed.position_ids, use_cache=False).last_hidden_state
+        return h[:, -(Tc + 1):-1]
+    Tp = packed.input_ids.shape[1] - Tc
+    first = decoder(input_ids=packed.input_ids[::group, :Tp], attention_mask=packed.attention_mask[::group, :Tp],
+                    position_ids=packed.position_ids[::group, :Tp], use_cache=True)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(group)
+    rest = decoder(input_ids=packed.input_ids[:, Tp:], attention_mask=packed.attention_mask,
+                   position_ids=packed.position_ids[:, Tp:], past_key_values=cache, use_cache=True)
+    h0 = first.last_hidden_state[:, -1:].repeat_interleave(group, dim=0)  # (N, 1, H): predicts token 0
+    return torch.cat([h0, rest.last_hidden_state[:, :-1]], dim=1)
+
+
+def _chunk_logprobs(h: torch.Tensor, tokens: torch.Tensor, head: nn.Module, temperature: float,
+                    top_p: float) -> torch.Tensor:
+    """(rows, H), (rows,) → (rows,): one chunk's log-probs (the head's logits exist only in here)."""
+    return sampling_logprobs(head(h)[None], tokens[None], temperature, top_p)[0]
+
+
+def completion_logprobs(model, packed: Packed, group: int = 1, temperature: float = 0.0,
+                        top_p: float = 1.0) -> torch.Tensor:
+    """log π_sample of every completion token (`losses.sampling_logprobs`; temperature 0: plain log π), (N, Tc),
+    differentiable, equal to `sampling_logprobs(completion_logits(...), ...)` up to float rounding, without
+    holding the (N, Tc, V) logits (see the module docstring)."""
+    split = _split_head(model, packed)
+    if split is None:
+        return sampling_logprobs(completion_logits(model, packed, group), packed.tokens, temperature, top_p)
+    decoder, head = split
+    h = _completion_hidden(decoder, packed, group)  # (N, Tc, H)
+    N, Tc, H = h.shape
+    flat_h, flat_t = h.reshape(N * Tc, H), packed.tokens.reshape(N * Tc)
+    rows = max(1, CHUNK_ELEMENTS // head.out_features)
+    parts = [checkpoint(_chunk_logprobs, flat_h[i:i + rows], flat_t[i:i + rows], head, temperature, top_p,
+                        use_reentrant=False) if torch.is_grad_enabled() else
+             _chunk_logprobs(flat_h[i:i + rows], flat_t[i:i + rows], head, temperature, top_p)
+             for i in range(0, N * Tc, rows)]
+    return torch.cat(parts).view(N, Tc)
