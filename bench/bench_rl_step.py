@@ -16,8 +16,8 @@ Each step is timed in four parts, in the loop's order:
    `eval_batch_size`), the task scores them, advantages are computed. Split into generate (the engine's own
    prefill + decode seconds) and score (the rest: scoring, tokenizing, bookkeeping).
 3. gradient: `loop.gradient_pass` (forward and backward in micro-batches; SVF maps ∂L/∂W' to ∂L/∂z at the end).
-   Split into forward (the model's forward calls, timed by hooks on the model) and backward (the rest: log-probs,
-   loss, backward, the z-gradient).
+   Split into forward (the decoder's forward calls, timed by hooks on it: the transformer body without the LM
+   head) and backward (the rest: the LM head and log-probs a chunk at a time, loss, backward, the z-gradient).
 4. optimizer: `loop.optimizer_step` (gradient all-reduce (no-op here), clip, AdamW, scheduler).
 
 Step 1 warms up allocators and kernels and runs at z = 1 (no merge); the reported step is the median of steps
@@ -132,7 +132,13 @@ def _measure(spec: dict) -> dict:
             forward["s"] += time.perf_counter() - forward["t"]
             forward["calls"] += 1
 
-    hooks = [policy.model.register_forward_pre_hook(pre_hook), policy.model.register_forward_hook(post_hook)]
+    # The decoder (the transformer body): training's log-probs call it directly and apply the LM head a chunk at
+    # a time (training/sequences.py), so the head's products count in the rest of the gradient pass.
+    try:
+        body = policy.model.get_decoder() or policy.model
+    except (AttributeError, NotImplementedError):
+        body = policy.model
+    hooks = [body.register_forward_pre_hook(pre_hook), body.register_forward_hook(post_hook)]
     steps = []
     try:
         for step in range(1, spec["steps"] + 1):
