@@ -14,6 +14,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export RUNS="${RUNS:-results/qwen/runs}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # two 1-thread runs side by side get more done than one 2-thread run
+# Large tensors from mmap, given back to the system when freed (glibc otherwise raises its mmap threshold after the
+# first free and keeps the freed heap): a SmolLM2 RL step peaked at 5.1 GB instead of 5.6 (bench_rl_step, 1 thread).
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1048576}"
 source results/experiments.sh                   # run_t2, train, evaluate (sourced: functions only)
 Q="${QWEN:-$(bash ../shared/tools/fetch-qwen2.5-coder-0.5b.sh)}"
 M=(--model "$Q")
@@ -25,7 +28,7 @@ M=(--model "$Q")
 # records that `t2 compare` pairs with the base's and with each other), so training itself skips the test split.
 MBPP_COMMON=(--task mbpp "${M[@]}" --steps 20 --batch-size 8 --max-new-tokens 512 --schedule constant
              --eval-every 10 --valid-limit -1 --checkpoint-every 1 --no-progress --rollout-precision exact
-             --micro-batch-tokens 1024)  # ~10 GB at the gradient pass instead of ~14: two runs fit in 24 GB
+             --micro-batch-tokens 1024)  # smaller activations; a prompt group (4 x 512 tokens) is never split
 RL=(--objective rl --samples-per-prompt 4 --temperature 1.0)
 
 stage_base_mbpp() {
