@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from transformer_squared.generation import Engine, SamplingParams
+from transformer_squared.tasks import get_task
 from transformer_squared.training.distributed import Dist
 from transformer_squared.training.losses import sampling_logprobs
-from transformer_squared.training.rollout import DataOrder, rollouts, sft_pair
+from transformer_squared.training.rollout import DataOrder, rollouts, sft_pair, sft_reply
 from transformer_squared.training.sequences import completion_logits, pack, pad_completions
 
 from .tinylm import tiny_lm, tiny_task
@@ -30,6 +31,24 @@ def test_sft_target_is_the_reference_reply_closed_by_the_template(tmp_path):
     assert lm.tokenizer.decode(prompt).endswith("assistant")
     assert target[-1] == lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert lm.tokenizer.decode(target[:-1]) == example.solution
+
+
+@pytest.mark.parametrize("name", ["mbpp", "humaneval"])
+def test_a_reference_reply_that_starts_with_the_response_prefix_is_not_prefixed_again(name, shared_data):
+    # The code tasks' references are whole fenced replies and their prefix is the fence's opening: the target
+    # must hold one "```python", as the prefilled prompt at evaluation continues after one.
+    task = get_task(name)
+    example = task.load("test", shared_data)[0]
+    prefix = task.response_prefix(example)
+    assert prefix and example.solution.startswith(prefix)
+    assert sft_reply(task, example) == example.solution and sft_reply(task, example).count("```python") == 1
+
+
+def test_a_reference_reply_without_the_prefix_gets_it(tmp_path):
+    task = tiny_task(tmp_path)
+    example = task.load("train")[0]
+    task.response_prefix = lambda ex: "Answer: "  # a task whose references are the text after its prefix
+    assert sft_reply(task, example) == "Answer: " + example.solution
 
 
 class Merged:

@@ -131,15 +131,25 @@ def rollouts(policy, engine: Engine, tokenizer, task: Task, examples: Sequence[E
                     [o.token_logprobs for o in outs] if lowp else None)
 
 
-def sft_pair(tokenizer, task: Task, example: Example) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) for next-token training: the target is the task's response prefix (if any) and
-    reference reply, as the chat template closes the assistant turn (e.g. ending in <|im_end|>)."""
-    messages = task.messages(example)
-    prompt = chat_prompt_ids(tokenizer, messages)
+def sft_reply(task: Task, example: Example) -> str:
+    """The reply next-token training targets: the reference reply, starting with the task's response prefix.
+
+    A reference reply that already starts with the prefix (MBPP's and HumanEval's, "```python\n…```") is taken as
+    it is: prepending the prefix again trained Qwen2.5-Coder on "```python\n```python\n…", and after 20 steps it
+    answered every prefilled validation prompt with a second "```python" (0/90, from 32/90)."""
     try:
-        reply = task.response_prefix(example) + task.sft_target(example)
+        target, prefix = task.sft_target(example), task.response_prefix(example)
     except ValueError as e:
         raise T2Error(f"--objective sft needs reference solutions: {e}") from None
+    return target if target.startswith(prefix) else prefix + target
+
+
+def sft_pair(tokenizer, task: Task, example: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) for next-token training: the target is `sft_reply`, as the chat template closes
+    the assistant turn (e.g. ending in <|im_end|>)."""
+    messages = task.messages(example)
+    prompt = chat_prompt_ids(tokenizer, messages)
+    reply = sft_reply(task, example)
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=True)
     full = full["input_ids"] if hasattr(full, "keys") else full
     full = list(full[0] if full and isinstance(full[0], list) else full)
