@@ -32,8 +32,11 @@ target (#14 item 6): a step in <= 15 s for SmolLM2-135M on 2 cores.
 
 The machine's floor for the same work (`machine_floor`, measured after the steps in the same process and
 threads, fp32): rollout = the prompts' prefill at this CPU's GEMM throughput + each decoding step's matrix
-products at its rows (bench_roofline.py's method), gradient = 3 x the forward FLOPs of the sequences' tokens at
-the GEMM throughput (torch.mm on the model's shapes). `floor_s`, its parts and `step_over_floor` (step_s / floor)
+products at its rows (bench_roofline.py's method), gradient = 2 x the forward FLOPs of the sequences' tokens at
+the GEMM throughput (torch.mm on the model's shapes): the forward and the input gradient, all a frozen model
+needs (no weight gradients; what SVF's z or LoRA's factors add on top is the method's cost, not the floor's).
+Before 2026-12-06 it counted 3 x (as if every weight had its gradient): a floor 1.5x too high in its gradient part,
+which the Qwen step came in under. `floor_s`, its parts and `step_over_floor` (step_s / floor)
 are in the JSON; where the floor is above the target, no fp32 implementation can meet it on this machine.
 
 Timings on a shared CPU are noisy: the CPU, thread count and load average are recorded with every figure.
@@ -253,8 +256,9 @@ def _timed(fn, reps: int = 3) -> tuple[float, float]:
 
 def step_floor(floor: dict, step: dict, clock: str = "wall") -> dict:
     """One step's floor in seconds on `clock`: rollout (prefill of the distinct prompts at the GEMM throughput +
-    each decoding step's products at its rows) + gradient (3 x the forward FLOPs of the sequences' tokens, the LM
-    head over the completion tokens only: forward + a backward of twice its products, at the GEMM throughput)."""
+    each decoding step's products at its rows) + gradient (2 x the forward FLOPs of the sequences' tokens, the LM
+    head over the completion tokens only: the forward and the input gradient of frozen weights, at the GEMM
+    throughput)."""
     rate = floor["gemm_GFLOPs"][clock] * 1e9
     by_rows = sorted(floor["products_s_by_rows"][clock].items())
 
@@ -268,7 +272,7 @@ def step_floor(floor: dict, step: dict, clock: str = "wall") -> dict:
     decode = sum(products(r) for r in step["decode_step_rows"])
     forward_flops = 2 * (floor["layer_params"] * step["sequence_tokens"]
                          + floor["head_params"] * step["completion_tokens"])
-    gradient = 3 * forward_flops / rate
+    gradient = 2 * forward_flops / rate
     return {"floor_s": prefill + decode + gradient, "floor_rollout_s": prefill + decode,
             "floor_rollout_prefill_s": prefill, "floor_rollout_decode_s": decode, "floor_gradient_s": gradient}
 
@@ -368,7 +372,7 @@ def main(argv=None) -> int:
                 if "floor_s" in row:
                     print(f"  machine floor {row['floor_s']:.1f} s = rollout {row['floor_rollout_s']:.1f} (prefill "
                           f"{row['floor_rollout_prefill_s']:.2f} + decode products {row['floor_rollout_decode_s']:.1f})"
-                          f" + gradient {row['floor_gradient_s']:.1f} (3 x forward FLOPs at "
+                          f" + gradient {row['floor_gradient_s']:.1f} (2 x forward FLOPs at "
                           f"{row['floor_gemm_GFLOPs']:.0f} GFLOP/s); step / floor = {row['step_over_floor']:.2f}; "
                           f"target / floor = {TARGET_STEP_SECONDS / row['floor_s']:.2f}; on the CPU clock (the "
                           f"{row['threads']} threads' cores to itself: {row['floor_gemm_GFLOPs_cpu']:.0f} GFLOP/s) "
