@@ -5,7 +5,8 @@
 #
 # Stages, in this order: base reasoning experts ship dispatch dispatch_sft router train ship adapt second (long: a
 # 30-step SVF-RL run)
-# (fewshot_all: few-shot CEM on all three unseen tasks; pause: wait while runs/PAUSE exists). RUNS (default runs)
+# (fewshot_all: few-shot CEM on all three unseen tasks; pause: wait while runs/PAUSE exists; math_expert and
+# code_expert: one of the two `experts` runs). RUNS (default runs)
 # moves the run directories; T2 names the t2 command.
 #
 # Every run writes runs/<name>/ (gitignored) and is skipped when its result exists, or resumed from its checkpoint
@@ -73,13 +74,15 @@ stage_long() {  # the brief's probe recipe at full length (30 steps at the paper
         --max-new-tokens 64 --schedule constant --eval-every 10 --valid-limit 100 --test-limit 256 --no-progress --seed 0
 }
 
-stage_experts() {  # issue #5: the shipped math and code experts. SmolLM2 scores 0/32 on GSM8K and 2/32 on MBPP, so
-  # RL would see (almost) only reward -1: these are trained with the next-token objective on the reference solutions.
-  local sft=(--method svf --objective sft --steps 30 --batch-size 8 --max-new-tokens 256 --valid-limit 0
-             --eval-every 10 --test-limit 32 --no-progress)
-  train math-gsm8k-svf-sft --task gsm8k "${sft[@]}"
-  train code-mbpp-svf-sft --task mbpp "${sft[@]}"
+# issue #5: the shipped math and code experts. SmolLM2 scores 0/32 on GSM8K and 2/32 on MBPP, so RL would see
+# (almost) only reward -1: these are trained with the next-token objective on the reference solutions.
+SFT_SMALL=(--method svf --objective sft --steps 30 --batch-size 8 --max-new-tokens 256 --valid-limit 0
+           --eval-every 10 --test-limit 32 --no-progress)
+stage_math_expert() { train math-gsm8k-svf-sft --task gsm8k "${SFT_SMALL[@]}"; }
+stage_code_expert() {  # retrained 2026-12-06: the first run's targets held the "```python" fence twice (fixed)
+  train code-mbpp-svf-sft --task mbpp "${SFT_SMALL[@]}"
 }
+stage_experts() { stage_math_expert; stage_code_expert; }
 
 ship() {  # ship RUN DOMAIN: copy a run's expert and its training record into experts/DOMAIN (committed)
   local run="$RUNS/$1" dest="experts/$2"
@@ -187,7 +190,7 @@ stage_pause() {  # wait while $RUNS/PAUSE exists (to take benchmarks on a quiet 
 }
 
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced: the functions only, to run single runs by name
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts ship dispatch dispatch_sft router train ship adapt second long fewshot_all)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base reasoning experts math_expert code_expert ship dispatch dispatch_sft router train ship adapt second long fewshot_all)" >&2; exit 2; }
 for s in "$@"; do
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
   "stage_$s"
