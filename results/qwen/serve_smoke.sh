@@ -14,8 +14,8 @@ PORT=${PORT:-8765}
 PID=$!
 for _ in $(seq 600); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 1; done
 curl -sf "localhost:$PORT/health"; echo
-body='{"model": "t2", "max_tokens": 96, "messages": [{"role": "user", "content": "Write a Python function is_palindrome(s) that returns True when the string s reads the same backwards."}]}'
+body='{"model": "auto", "max_tokens": 96, "messages": [{"role": "user", "content": "Write a Python function is_palindrome(s) that returns True when the string s reads the same backwards."}]}'
 time curl -s -w '\nHTTP %{http_code}\n' "localhost:$PORT/v1/chat/completions" -H 'Content-Type: application/json' -d "$body"
 time curl -s -N -w '\nHTTP %{http_code}\n' "localhost:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
   -d "${body%\}}, \"stream\": true}" | tail -c 600
-curl -s -w '\nHTTP %{http_code}\n' "localhost:$PORT/v1/chat/completions" -H 'Content-Type: application/json' -d '{"messages": 3}'
+curl -s -w '\nHTTP %{http_code}\n' "localhost:$PORT/v1/chat/completions" -H 'Content-Type: application/json' -d '{"model": "auto", "messages": 3}'
