@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -112,27 +113,36 @@ def micro_batches(prompts: Sequence[Sequence[int]], completions: Sequence[Sequen
     return groups
 
 
-def completion_logits(model, packed: Packed, group: int = 1) -> torch.Tensor:
-    """The model's logits for every completion position: (N, Tc, V).
+def _predictions(call, packed: Packed, group: int) -> torch.Tensor:
+    """What `call` outputs at the positions that predict the completion tokens: (N, Tc, ...).
 
-    With `group` = G > 1 (rows in runs of G sharing one prompt), each prompt is run once, its KV cache
-    repeated G times, and the completions run on top of it: the same logits (and gradients, which flow
-    through the cache) for a 1/G share of the prompt compute.
+    `call(keep, **inputs)` runs a forward pass and returns (its output at the last `keep` positions, all of them
+    when `keep` is 0; the KV cache). With `group` = G > 1 (rows in runs of G sharing one prompt), each prompt is
+    run once, its KV cache repeated G times, and the completions run on top of it: the same outputs (and
+    gradients, which flow through the cache) for a 1/G share of the prompt compute.
     """
     Tc = packed.tokens.shape[1]
     if group == 1:
-        out = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                    position_ids=packed.position_ids, logits_to_keep=Tc + 1, use_cache=False)
-        return out.logits[:, :-1]  # (N, Tc, V): column Tp−1+t predicts completion token t
+        out, _ = call(Tc + 1, input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                      position_ids=packed.position_ids, use_cache=False)
+        return out[:, :-1]  # column Tp−1+t predicts completion token t
     Tp = packed.input_ids.shape[1] - Tc
-    first = model(input_ids=packed.input_ids[::group, :Tp], attention_mask=packed.attention_mask[::group, :Tp],
-                  position_ids=packed.position_ids[::group, :Tp], logits_to_keep=1, use_cache=True)
-    cache = first.past_key_values
+    first, cache = call(1, input_ids=packed.input_ids[::group, :Tp], attention_mask=packed.attention_mask[::group, :Tp],
+                        position_ids=packed.position_ids[::group, :Tp], use_cache=True)
     cache.batch_repeat_interleave(group)  # (N/G, ...) → (N, ...)
-    rest = model(input_ids=packed.input_ids[:, Tp:], attention_mask=packed.attention_mask,
-                 position_ids=packed.position_ids[:, Tp:], past_key_values=cache, use_cache=True)
-    head = first.logits.repeat_interleave(group, dim=0)  # (N, 1, V): predicts completion token 0
-    return torch.cat([head, rest.logits[:, :-1]], dim=1)  # (N, Tc, V)
+    rest, _ = call(0, input_ids=packed.input_ids[:, Tp:], attention_mask=packed.attention_mask,
+                   position_ids=packed.position_ids[:, Tp:], past_key_values=cache, use_cache=True)
+    head = first.repeat_interleave(group, dim=0)  # (N, 1, ...): predicts completion token 0
+    return torch.cat([head, rest[:, :-1]], dim=1)
+
+
+def completion_logits(model, packed: Packed, group: int = 1) -> torch.Tensor:
+    """The model's logits for every completion position: (N, Tc, V) (`_predictions`: a group's prompt runs once)."""
+    def call(keep: int, **inputs):
+        out = model(**inputs, logits_to_keep=keep)  # 0 keeps every position
+        return out.logits, out.past_key_values
+
+    return _predictions(call, packed, group)
 
 
 _SPLIT_OK: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -170,22 +180,13 @@ def _split_head(model, packed: Packed):
 
 
 def _completion_hidden(decoder, packed: Packed, group: int) -> torch.Tensor:
-    """The decoder's last hidden states at the positions that predict the completion tokens: (N, Tc, H), the
-    positions `completion_logits` takes the logits of."""
-    Tc = packed.tokens.shape[1]
-    if group == 1:
-        h = decoder(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                    position_ids=packed.position_ids, use_cache=False).last_hidden_state
-        return h[:, -(Tc + 1):-1]
-    Tp = packed.input_ids.shape[1] - Tc
-    first = decoder(input_ids=packed.input_ids[::group, :Tp], attention_mask=packed.attention_mask[::group, :Tp],
-                    position_ids=packed.position_ids[::group, :Tp], use_cache=True)
-    cache = first.past_key_values
-    cache.batch_repeat_interleave(group)
-    rest = decoder(input_ids=packed.input_ids[:, Tp:], attention_mask=packed.attention_mask,
-                   position_ids=packed.position_ids[:, Tp:], past_key_values=cache, use_cache=True)
-    h0 = first.last_hidden_state[:, -1:].repeat_interleave(group, dim=0)  # (N, 1, H): predicts token 0
-    return torch.cat([h0, rest.last_hidden_state[:, :-1]], dim=1)
+    """The decoder's last hidden states at the positions `completion_logits` takes the logits of: (N, Tc, H)."""
+    def call(keep: int, **inputs):
+        out = decoder(**inputs)
+        h = out.last_hidden_state
+        return (h[:, -keep:] if keep else h), out.past_key_values
+
+    return _predictions(call, packed, group)
 
 
 def _chunk_logprobs(h: torch.Tensor, tokens: torch.Tensor, head: nn.Module, temperature: float,
@@ -207,8 +208,6 @@ def completion_logprobs(model, packed: Packed, group: int = 1, temperature: floa
     N, Tc, H = h.shape
     flat_h, flat_t = h.reshape(N * Tc, H), packed.tokens.reshape(N * Tc)
     rows = max(1, CHUNK_ELEMENTS // head.out_features)
-    parts = [checkpoint(_chunk_logprobs, flat_h[i:i + rows], flat_t[i:i + rows], head, temperature, top_p,
-                        use_reentrant=False) if torch.is_grad_enabled() else
-             _chunk_logprobs(flat_h[i:i + rows], flat_t[i:i + rows], head, temperature, top_p)
-             for i in range(0, N * Tc, rows)]
+    chunk = partial(checkpoint, _chunk_logprobs, use_reentrant=False) if torch.is_grad_enabled() else _chunk_logprobs
+    parts = [chunk(flat_h[i:i + rows], flat_t[i:i + rows], head, temperature, top_p) for i in range(0, N * Tc, rows)]
     return torch.cat(parts).view(N, Tc)
