@@ -112,10 +112,9 @@ def _measure(spec: dict) -> dict:
     train_set = task.load(cfg.train_split, spec["data_dir"])
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size)
-    if cfg.rollout_precision != "exact":  # as training/loop.py: the rollouts' own low-precision engine
-        engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size,
-                        precision=cfg.rollout_precision)
+    # the rollouts' engine, in their precision (training/loop.py makes a second one for low-precision rollouts)
+    engine = Engine(policy.generation_model, lm.tokenizer, max_batch_size=cfg.eval_batch_size,
+                    precision=cfg.rollout_precision)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             stop=tuple(task.stop))
     batches = rollouts(policy, engine, lm.tokenizer, task, train_set, DataOrder(len(train_set), cfg.seed),
@@ -174,7 +173,8 @@ def _measure(spec: dict) -> dict:
                 "decode_step_rows": step_rows,
                 "reward_mean": float(batch.rewards.mean()), "grad_norm": grad_norm,
                 "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]})
-            print(f"  {spec['model']} {spec['dtype']} rollouts {spec['rollout_precision']} step {step}: {_line(steps[-1])}", file=sys.stderr, flush=True)
+            print(f"  {spec['model']} {spec['dtype']} rollouts {spec['rollout_precision']} step {step}: "
+                  f"{_line(steps[-1])}", file=sys.stderr, flush=True)
         floor = machine_floor(policy.model, steps, max(spec["eval_batch_size"], max(
             (r for st in steps for r in st["decode_step_rows"]), default=1)))
     finally:

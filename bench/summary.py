@@ -84,21 +84,24 @@ def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], di
         return {
             "roofline": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "4", "--engine",
                           "--no-generate", "--prefill-batch-sizes", "16", "--reps", "1", *j("roofline")], {}),
+            "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "4", "--engine",
+                             "--no-generate", "--prefill-batch-sizes", "16", "--reps", "1", "--cpu-clock",
+                             *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
             "generation": (["bench_generation.py", *m, "--batch-sizes", "16", "--new-tokens", "4", "--rollout", "0",
                             "--variants", "engine,generate", "--precision", "fast", *j("generation")], {}),
             "serving": (["bench_serving.py", *m, "--requests", "4", "--max-tokens", "4", *j("serving")],
                         {"OMP_NUM_THREADS": "1"}),
             "training": (["bench_training.py", *m, "--prompts", "2", "--new-tokens", "4", "--steps", "1",
                           *j("training")], {"OMP_NUM_THREADS": "1"}),
-            "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "4", "--engine",
-                             "--no-generate", "--prefill-batch-sizes", "16", "--reps", "1", "--cpu-clock",
-                             *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
             "rl_step": (["bench_rl_step.py", *m, "--prompts", "2", "--samples", "2", "--new-tokens", "4",
                          "--steps", "2", "--rollout-precision", "exact,fast", *j("rl_step")], {}),
         }
     return {
         "roofline": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "32", "--engine",
                       "--no-generate", "--prefill-batch-sizes", "16", "--reps", "3", *j("roofline")], {}),
+        "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "32", "--engine",
+                         "--no-generate", "--prefill-batch-sizes", "16", "--reps", "3", "--cpu-clock",
+                         *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
         "generation": (["bench_generation.py", *m, "--batch-sizes", "16", "--new-tokens", "32", "--rollout", "0",
                         "--variants", "engine,generate", "--compiled-generate", "16", "--precision", "fast",
                         *j("generation")], {}),
@@ -106,9 +109,6 @@ def commands(tiny: bool, model: str, out: Path) -> dict[str, tuple[list[str], di
                     {"OMP_NUM_THREADS": "1"}),
         "training": (["bench_training.py", *m, "--prompts", "4", "--new-tokens", "32", "--steps", "1",
                       *j("training")], {"OMP_NUM_THREADS": "1"}),
-        "roofline_1t": (["bench_roofline.py", *m, "--batch-sizes", "16,64", "--new-tokens", "32", "--engine",
-                         "--no-generate", "--prefill-batch-sizes", "16", "--reps", "3", "--cpu-clock",
-                         *j("roofline_1t")], {"OMP_NUM_THREADS": "1"}),
         "rl_step": (["bench_rl_step.py", *m, "--steps", "2", "--rollout-precision", "exact,fast", *j("rl_step")], {}),
     }
 
