@@ -226,11 +226,16 @@ def test_callbacks_describe_the_rows(arch):
     outs = engine.generate(prompts, SamplingParams(max_new_tokens=14),
                            on_batch_start=on_batch_start, on_reindex=on_reindex)
     assert [o.token_ids for o in outs] == refs
-    assert engine.stats.new_tokens == sum(len(r) for r in refs) and engine.stats.batches == 2
+    assert engine.stats.new_tokens == sum(len(r) for r in refs)
     starts = [c[1] for c in calls if c[0] == "start"]
-    assert sorted(i for s in starts for i in s) == list(range(len(prompts)))
-    assert [len(s) for s in starts] == [4, 2]
+    assert {i for s in starts for i in s} == set(range(len(prompts))) and max(map(len, starts)) <= 4
     assert any(c[0] == "keep" for c in calls)
+    first = set(sorted(range(len(prompts)), key=lambda i: len(prompts[i]))[:4])  # the shortest prompts start
+    mixed = [s for s in starts if first & set(s) and set(s) - first]
+    if arch == "llama":  # continuous batching: later prompts join while the first ones still run
+        assert mixed and engine.stats.batches > 2
+    else:  # the HF runner takes rows only into an empty batch: static batches of 4 and 2
+        assert not mixed and [len(s) for s in starts] == [4, 2] and engine.stats.batches == 2
 
 
 def test_order_preserved_across_batches_and_text_prompts():

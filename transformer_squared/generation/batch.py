@@ -8,8 +8,8 @@
             b = batch.add(other_ids, params)          # rows join between steps (prefilled at the next one)
         batch.cancel(a)                               # a row leaves at the next step, reason "cancelled"
 
-`Engine.generate` (and so evaluation and RL rollouts) adds a chunk of prompts at once and steps until they are
-done; the server (serving/scheduler.py) adds requests as they arrive. Each row has its own `SamplingParams`
+`Engine.generate` (and so evaluation and RL rollouts) adds prompts whenever a quarter of the batch is free and
+steps until all are done; the server (serving/scheduler.py) adds requests as they arrive. Each row has its own `SamplingParams`
 (max_new_tokens, temperature, top_p, stop strings, seed), an opaque `state` (the server's: the row's expert)
 and an optional `on_text` for streaming.
 
@@ -171,6 +171,12 @@ class RunningBatch:
             row._stops = StopStrings(engine.tokenizer, params.stop)
         self.pending.append(row)
         return row
+
+    @property
+    def can_join(self) -> bool:
+        """Whether rows added now can join the running rows (the generic HF runner takes rows only into an empty
+        batch)."""
+        return self._runner is None or not self.running or self._runner.can_join
 
     def cancel(self, row: Row) -> None:
         """Finish `row` with reason "cancelled" at the next step (it leaves the cache then). Idempotent."""

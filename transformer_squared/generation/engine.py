@@ -1,19 +1,22 @@
 """The generation engine: prompts in, `Completion`s out, in input order; `Engine.batch` for rows that come and go.
 
-`generate` sorts prompts by length and cuts them into chunks of `max_batch_size` (less padding); each chunk is
-decoded by a `RunningBatch` (batch.py: the one decode loop, shared with the server), left-padded, prefilled
-once and decoded one token per step. A prompt repeated within a chunk (RL: several samples per prompt) is
-prefilled once and its KV cache copied, and the fast path prefills the rows in groups of similar length (each
-padded to its own longest), unless per-row callbacks are given (rows may then differ). A row that finishes
-(EOS, stop string) is dropped from the running batch so its compute stops too ("compaction").
+`generate` sorts prompts by length and decodes them in one `RunningBatch` (batch.py: the one decode loop, shared
+with the server) of up to `max_batch_size` rows, shortest prompts first: rows that finish (EOS, stop string,
+length) leave the batch, and waiting prompts join it whenever a quarter of it is free ("continuous batching":
+the batch never waits for its longest row; newcomers are prefilled together and appended to the running KV
+cache). A prompt repeated among the newcomers (RL: several samples per prompt) is prefilled once and its KV
+cache copied, and the fast path prefills the newcomers in groups of similar length (each padded to its own
+longest), unless per-row callbacks are given (rows may then differ). The generic HF runner cannot take rows into
+a running batch: with it, prompts start when the batch is empty (static batches).
 Two callbacks let per-row state (such as per-row SVF z vectors) follow the rows:
 
-- `on_batch_start(indices)` before each chunk's first forward pass: `indices` (LongTensor, (B,)) holds, for each
-  row of the chunk in order, its position in the `prompts` list;
-- `on_reindex(keep)` before the first forward pass after a compaction: `keep` (LongTensor, (n,), ascending)
+- `on_batch_start(indices)` before a forward pass whose rows are not just those of the previous pass minus the
+  ones that left (the first pass, the prefill of newcomers, the first step after they joined): `indices`
+  (LongTensor, (B,)) holds, for each row of that pass in order, its position in the `prompts` list;
+- `on_reindex(keep)` before the first forward pass after rows only left: `keep` (LongTensor, (n,), ascending)
   holds the positions, among the rows of the previous forward pass, of the rows that remain, in their new order.
-  So after `state = state[indices]` at chunk start and `state = state[keep]` at each reindex, row i of `state`
-  always belongs to row i of the batch being computed.
+  So after `state = state_of_prompts[indices]` at each start and `state = state[keep]` at each reindex, row i
+  of `state` always belongs to row i of the batch being computed.
 
 Which forward runs: `fast_llama.LlamaRunner` (own loop over the model's modules, preallocated KV cache that
 rows can join) for Llama / Mistral / Qwen2, `hf_runner.HFRunner` (the model's HF forward and cache) for
@@ -27,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import T2Error
-from .batch import RunningBatch
+from .batch import Row, RunningBatch
 from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
 from .packed import packing_problem
@@ -187,27 +190,30 @@ class Engine:
 
             bar = tqdm(total=len(ids), desc="generate", unit="prompt")
         callbacks = on_batch_start is not None or on_reindex is not None
+        B = self.max_batch_size
+        on_rows = (lambda states: on_batch_start(torch.tensor(states, dtype=torch.long))) \
+            if on_batch_start is not None else (lambda states: None)
+        run = RunningBatch(self, self.stats, capacity=min(B, len(order)), on_rows=on_rows if callbacks else None,
+                           on_reindex=(on_reindex or (lambda keep: None)) if callbacks else None)
         try:
-            for start in range(0, len(order), self.max_batch_size):
-                chunk = order[start : start + self.max_batch_size]
-                started = []
-
-                def on_rows(states: list) -> None:  # all rows join at the first pass; later only drops
-                    if not started and on_batch_start is not None:
-                        on_batch_start(torch.tensor(states, dtype=torch.long))
-                    started.append(True)
-
-                run = RunningBatch(self, self.stats, capacity=len(chunk), on_rows=on_rows if callbacks else None,
-                                   on_reindex=(on_reindex or (lambda keep: None)) if callbacks else None)
-                with run:
-                    rows = [run.add(ids[i], params, state=i, generator=generator) for i in chunk]
-                    while run:
-                        run.step()
-                self.stats.batches += 1
-                for i, row in zip(chunk, rows):
-                    results[i] = row.completion()
-                if bar is not None:
-                    bar.update(len(chunk))
+            with run:
+                queue = list(reversed(order))  # popped from the end: shortest prompts first
+                rows: dict[int, Row] = {}
+                while queue or run:
+                    # Refill: newcomers join once a quarter of the batch is free (or it is empty), so a batch
+                    # never waits for its longest row and joins are prefilled a few rows at a time.
+                    # (The generic HF runner takes newcomers only into an empty batch: it refills when empty.)
+                    free = B - len(run)
+                    if queue and (not run or (run.can_join and free >= max(1, B // 4))):
+                        self.stats.batches += 1
+                        for _ in range(min(free, len(queue))):
+                            i = queue.pop()
+                            rows[i] = run.add(ids[i], params, state=i, generator=generator)
+                    for row in run.step():
+                        i = row.state
+                        results[i] = rows.pop(i).completion()
+                        if bar is not None:
+                            bar.update(1)
         finally:
             if bar is not None:
                 bar.close()

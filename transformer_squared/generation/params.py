@@ -64,7 +64,7 @@ class GenerationStats:
     """Where the time of the last `generate` call went (for benchmarks and logs)."""
 
     prompts: int = 0
-    batches: int = 0
+    batches: int = 0  # times waiting prompts were added to the running batch (static batches: one per batch)
     new_tokens: int = 0
     prefill_rows: int = 0  # prompts actually run through prefill (repeats of a prompt share one)
     prefill_s: float = 0.0  # prompt forward passes, incl. the first token's logits
