@@ -1,0 +1,117 @@
+"""How many prompts an RL step needs before its gradient points somewhere: the signal-to-noise ratio of SVF-RL's
+policy gradient at the base model (z = 1), measured per prompt.
+
+One batch of P prompts x G samples is rolled out exactly as `t2 train --objective rl` does (same prompts, sampling,
+reward and leave-one-out advantages); then the gradient of each prompt group's loss is taken on its own, g_k (k = 1..P),
+so that a step's gradient over B prompts is the mean of B such vectors. With mu = E[g_k] and Sigma their covariance:
+
+    E |mean of B|^2 = |mu|^2 + tr(Sigma) / B
+
+`mu2` is the unbiased estimate of |mu|^2 (|mean|^2 - tr(Sigma_hat) / P) and `tr_sigma` that of tr(Sigma); the batch
+at which the signal's norm equals the noise's is B* = tr(Sigma) / |mu|^2 (`batch_for_snr_1`; undefined when mu2 <= 0,
+i.e. no signal detectable with P prompts). `cos_halves` is the cosine between the mean gradients of the two halves
+of the prompts (independent estimates of mu): near 0 when the direction is noise. Adam moves each coordinate by
+about lr a step whatever this ratio, so when B* is far above the step's prompts the update is a random walk (mean
+|z - 1| growing like lr * sqrt(steps)).
+
+    python results/grad_snr.py --model QWEN.gguf --task mbpp --prompts 32 --samples 4 --max-new-tokens 512 \\
+        --out results/qwen/grad_snr_mbpp.json --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from transformer_squared.fileio import atomic_write_text
+from transformer_squared.generation import Engine, SamplingParams
+from transformer_squared.models import load_model
+from transformer_squared.tasks import get_task
+from transformer_squared.training.config import TrainConfig
+from transformer_squared.training.distributed import Dist
+from transformer_squared.training.loop import gradient_pass, make_policy
+from transformer_squared.training.rollout import Batch, DataOrder, rollouts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--task", default="mbpp")
+    ap.add_argument("--prompts", type=int, default=32, help="P: prompt groups measured")
+    ap.add_argument("--samples", type=int, default=4, help="G: samples per prompt (leave-one-out advantages)")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--advantage-norm", default="none", choices=("none", "std"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cfg = TrainConfig(out="(unused)", model=args.model, task=args.task, method="svf", objective="rl",
+                      samples_per_prompt=args.samples, batch_size=args.prompts, temperature=args.temperature,
+                      advantage_norm=args.advantage_norm, max_new_tokens=args.max_new_tokens,
+                      micro_batch_tokens=1024, seed=args.seed, data_dir=args.data_dir)
+    task = get_task(args.task)
+    cfg = cfg.resolved(task.max_new_tokens)
+    lm = load_model(args.model)
+    tok = lm.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    train_set = task.load("train", args.data_dir)
+    policy = make_policy(cfg, lm, progress=False)
+    try:
+        engine = Engine(policy.generation_model, tok, max_batch_size=16)
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                stop=tuple(task.stop))
+        d = Dist()
+        batch = next(rollouts(policy, engine, tok, task, train_set, DataOrder(len(train_set), cfg.seed),
+                              batch_size=args.prompts, samples_per_prompt=args.samples, params=params,
+                              wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=0, d=d,
+                              advantage_norm=args.advantage_norm))
+        t_roll = time.perf_counter() - t0
+        G, grads = args.samples, []
+        for k in range(args.prompts):
+            s = slice(k * G, (k + 1) * G)
+            sub = Batch(batch.examples[s], batch.prompts[s], batch.completions[s], batch.rewards[s],
+                        batch.correct[s], batch.advantages[s], batch.answered[s], batch.answers[s], G, None)
+            if not bool(sub.advantages.abs().gt(0).any()):  # equal rewards: this prompt's gradient is exactly 0
+                grads.append(torch.zeros(sum(p.numel() for p in policy.parameters())))
+                continue
+            gradient_pass(policy, sub, cfg, float(G), pad_id, d.device)
+            grads.append(torch.cat([p.grad.detach().flatten().clone() for p in policy.parameters()]))
+            for p in policy.parameters():
+                p.grad = None
+        g = torch.stack(grads).double()  # (P, D)
+    finally:
+        policy.close()
+    P = g.shape[0]
+    mean = g.mean(0)
+    tr_sigma = float(((g - mean) ** 2).sum() / (P - 1))
+    mu2 = float(mean.pow(2).sum()) - tr_sigma / P
+    half = P // 2
+    a, b = g[:half].mean(0), g[half:2 * half].mean(0)
+    cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else float("nan")
+    rewards = batch.rewards.view(P, G)
+    result = {
+        "task": args.task, "model": args.model, "prompts": P, "samples": G, "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature, "advantage_norm": args.advantage_norm, "seed": args.seed,
+        "mean_reward": float(batch.rewards.mean()),
+        "mixed_groups": int((rewards.max(1).values != rewards.min(1).values).sum()),
+        "coordinates": int(g.shape[1]),
+        "mu2": mu2, "tr_sigma": tr_sigma, "batch_for_snr_1": tr_sigma / mu2 if mu2 > 0 else None,
+        "snr_at_8_prompts": (mu2 / (tr_sigma / 8)) ** 0.5 if mu2 > 0 else 0.0,
+        "cos_halves": cos,
+        "rollout_seconds": round(t_roll, 1), "seconds": round(time.perf_counter() - t0, 1),
+        "command": "python results/grad_snr.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
