@@ -36,6 +36,19 @@ from transformer_squared.training.loop import gradient_pass, make_policy
 from transformer_squared.training.rollout import Batch, DataOrder, rollouts
 
 
+def snr(g: torch.Tensor) -> dict:
+    """Signal and noise of per-prompt gradients g (P, D): see the module docstring."""
+    P = g.shape[0]
+    mean = g.mean(0)
+    tr_sigma = float(((g - mean) ** 2).sum() / (P - 1))
+    mu2 = float(mean.pow(2).sum()) - tr_sigma / P
+    half = P // 2
+    a, b = g[:half].mean(0), g[half:2 * half].mean(0)
+    cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else float("nan")
+    return {"mu2": mu2, "tr_sigma": tr_sigma, "batch_for_snr_1": tr_sigma / mu2 if mu2 > 0 else None,
+            "snr_at_8_prompts": (mu2 / (tr_sigma / 8)) ** 0.5 if mu2 > 0 else 0.0, "cos_halves": cos}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -44,7 +57,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="G: samples per prompt (leave-one-out advantages)")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--advantage-norm", default="none", choices=("none", "std"))
+    ap.add_argument("--experts", default=None, help="--task dispatch: the expert set whose domains it names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
@@ -54,9 +67,9 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = TrainConfig(out="(unused)", model=args.model, task=args.task, method="svf", objective="rl",
                       samples_per_prompt=args.samples, batch_size=args.prompts, temperature=args.temperature,
-                      advantage_norm=args.advantage_norm, max_new_tokens=args.max_new_tokens,
+                      max_new_tokens=args.max_new_tokens, experts=args.experts,
                       micro_batch_tokens=1024, seed=args.seed, data_dir=args.data_dir)
-    task = get_task(args.task)
+    task = get_task(args.task, **({"experts": args.experts} if args.experts else {}))
     cfg = cfg.resolved(task.max_new_tokens)
     lm = load_model(args.model)
     tok = lm.tokenizer
@@ -70,8 +83,7 @@ def main() -> None:
         d = Dist()
         batch = next(rollouts(policy, engine, tok, task, train_set, DataOrder(len(train_set), cfg.seed),
                               batch_size=args.prompts, samples_per_prompt=args.samples, params=params,
-                              wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=0, d=d,
-                              advantage_norm=args.advantage_norm))
+                              wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=0, d=d))
         t_roll = time.perf_counter() - t0
         G, grads = args.samples, []
         for k in range(args.prompts):
@@ -89,22 +101,18 @@ def main() -> None:
     finally:
         policy.close()
     P = g.shape[0]
-    mean = g.mean(0)
-    tr_sigma = float(((g - mean) ** 2).sum() / (P - 1))
-    mu2 = float(mean.pow(2).sum()) - tr_sigma / P
-    half = P // 2
-    a, b = g[:half].mean(0), g[half:2 * half].mean(0)
-    cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else float("nan")
-    rewards = batch.rewards.view(P, G)
+    rewards = batch.rewards.view(P, G).double()
+    # The loss is linear in the advantages, so the gradient with GRPO's scaling (--advantage-norm std: each group's
+    # leave-one-out advantages divided by its rewards' standard deviation) is each g_k divided by that deviation.
+    std = rewards.std(dim=1, unbiased=False)
+    g_std = torch.where(std[:, None] > 0, g / std.clamp(min=1e-8)[:, None], torch.zeros_like(g))
     result = {
         "task": args.task, "model": args.model, "prompts": P, "samples": G, "max_new_tokens": cfg.max_new_tokens,
-        "temperature": cfg.temperature, "advantage_norm": args.advantage_norm, "seed": args.seed,
+        "temperature": cfg.temperature, "seed": args.seed,
         "mean_reward": float(batch.rewards.mean()),
         "mixed_groups": int((rewards.max(1).values != rewards.min(1).values).sum()),
         "coordinates": int(g.shape[1]),
-        "mu2": mu2, "tr_sigma": tr_sigma, "batch_for_snr_1": tr_sigma / mu2 if mu2 > 0 else None,
-        "snr_at_8_prompts": (mu2 / (tr_sigma / 8)) ** 0.5 if mu2 > 0 else 0.0,
-        "cos_halves": cos,
+        "leave_one_out": snr(g), "leave_one_out_std_norm": snr(g_std),
         "rollout_seconds": round(t_roll, 1), "seconds": round(time.perf_counter() - t0, 1),
         "command": "python results/grad_snr.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
