@@ -317,3 +317,9 @@ def test_prefill_by_length_groups_equals_one_padded_batch(arch):
         token = a.argmax(-1)
         a, b = whole.step(token), split.step(token)
     assert torch.isfinite(split.kv[:, :, :, :, : split.length]).all()  # slots past the length are not written yet
+
+
+def test_no_prompts_no_work():
+    engine = Engine(tiny_model("llama"), None)
+    assert engine.generate([], SamplingParams(max_new_tokens=4)) == []
+    assert engine.stats.prompts == 0 and engine.stats.batches == 0

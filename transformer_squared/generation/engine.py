@@ -178,12 +178,14 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise T2Error("stop strings need a tokenizer; pass one to Engine")
         ids = [self.encode(p) for p in prompts]
+        self.stats = GenerationStats(prompts=len(ids))
+        if not ids:
+            return []
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))  # by length; repeats adjacent
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)  # one for the whole call
         results: list[Completion | None] = [None] * len(ids)
-        self.stats = GenerationStats(prompts=len(ids))
         bar = None
         if progress:
             from tqdm.auto import tqdm
