@@ -9,7 +9,8 @@ so that a step's gradient over B prompts is the mean of B such vectors. With mu 
 
 `mu2` is the unbiased estimate of |mu|^2 (|mean|^2 - tr(Sigma_hat) / P) and `tr_sigma` that of tr(Sigma); the batch
 at which the signal's norm equals the noise's is B* = tr(Sigma) / |mu|^2 (`batch_for_snr_1`; undefined when mu2 <= 0,
-i.e. no signal detectable with P prompts). `cos_halves` is the cosine between the mean gradients of the two halves
+i.e. no signal detectable with P prompts). `mu2_upper95` is a bootstrap (over prompts) 95% upper bound of |mu|^2, so
+`batch_for_snr_1_lower95` = tr(Sigma) / mu2_upper95 is a lower bound of B* even when no signal was detected. `cos_halves` is the cosine between the mean gradients of the two halves
 of the prompts (independent estimates of mu): near 0 when the direction is noise. Adam moves each coordinate by
 about lr a step whatever this ratio, so when B* is far above the step's prompts the update is a random walk (mean
 |z - 1| growing like lr * sqrt(steps)).
@@ -45,7 +46,17 @@ def snr(g: torch.Tensor) -> dict:
     half = P // 2
     a, b = g[:half].mean(0), g[half:2 * half].mean(0)
     cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else float("nan")
-    return {"mu2": mu2, "tr_sigma": tr_sigma, "batch_for_snr_1": tr_sigma / mu2 if mu2 > 0 else None,
+    # 95% upper bound of |mu|^2 (bootstrap over prompts, 2,000 resamples, seed 0), and from it a lower bound of B*
+    gen = torch.Generator().manual_seed(0)
+    boot = []
+    for _ in range(2000):
+        r = g[torch.randint(P, (P,), generator=gen)]
+        m = r.mean(0)
+        boot.append(float(m.pow(2).sum()) - float(((r - m) ** 2).sum() / (P - 1)) / P)
+    mu2_hi = float(torch.tensor(boot).quantile(0.95))
+    return {"mu2": mu2, "mu2_upper95": mu2_hi, "tr_sigma": tr_sigma,
+            "batch_for_snr_1": tr_sigma / mu2 if mu2 > 0 else None,
+            "batch_for_snr_1_lower95": tr_sigma / mu2_hi if mu2_hi > 0 else None,
             "snr_at_8_prompts": (mu2 / (tr_sigma / 8)) ** 0.5 if mu2 > 0 else 0.0, "cos_halves": cos}
 
 
@@ -62,6 +73,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--save-gradients", default=None, help="also save the per-prompt gradients (P, D) here (.pt)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -98,6 +110,8 @@ def main() -> None:
             for p in policy.parameters():
                 p.grad = None
         g = torch.stack(grads).double()  # (P, D)
+        if args.save_gradients:
+            torch.save({"gradients": g.float(), "rewards": batch.rewards.view(args.prompts, G)}, args.save_gradients)
     finally:
         policy.close()
     P = g.shape[0]
