@@ -68,10 +68,15 @@ stage_base_rest() {  # base accuracy on the other tasks: full test splits where 
   evaluate math500-base --task math500 "${M[@]}" --limit 200 --max-new-tokens 1024
 }
 
-stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (results/grad_snr.py): 32 prompts x 4
-  # samples at the training recipe's sampling and budget; how many prompts a step needs before it points somewhere
-  [[ -f results/qwen/grad_snr_mbpp.json ]] || "${PY:-.venv/bin/python}" results/grad_snr.py "${M[@]}" --task mbpp \
-      --prompts 32 --samples 4 --max-new-tokens 512 --out results/qwen/grad_snr_mbpp.json --data-dir ../shared/data
+stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (results/grad_snr.py), at the training
+  # recipe's sampling and budget: how many prompts a step needs before it points somewhere
+  snr() {  # OUT ARGS...
+    [[ -f "results/qwen/$1" ]] || "${PY:-.venv/bin/python}" results/grad_snr.py "${M[@]}" --max-new-tokens 512 \
+        --data-dir ../shared/data --out "results/qwen/$1" "${@:2}"
+  }
+  snr grad_snr_mbpp.json --task mbpp --prompts 32 --samples 4
+  snr grad_snr_mbpp_p64_s1.json --task mbpp --prompts 64 --samples 4 --seed 1
+  snr grad_snr_arc_easy.json --task arc-easy --prompts 32 --samples 4
 }
 
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
