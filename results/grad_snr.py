@@ -10,8 +10,9 @@ so that a step's gradient over B prompts is the mean of B such vectors. With mu 
 `mu2` is the unbiased estimate of |mu|^2 (|mean|^2 - tr(Sigma_hat) / P) and `tr_sigma` that of tr(Sigma); the batch
 at which the signal's norm equals the noise's is B* = tr(Sigma) / |mu|^2 (`batch_for_snr_1`; undefined when mu2 <= 0,
 i.e. no signal detectable with P prompts). `mu2_upper95` is a bootstrap (over prompts) 95% upper bound of |mu|^2, so
-`batch_for_snr_1_lower95` = tr(Sigma) / mu2_upper95 is a lower bound of B* even when no signal was detected. `cos_halves` is the cosine between the mean gradients of the two halves
-of the prompts (independent estimates of mu): near 0 when the direction is noise. Adam moves each coordinate by
+`batch_for_snr_1_lower95` = tr(Sigma) / mu2_upper95 is a lower bound of B* even when no signal was detected.
+`cos_halves` is the cosine between the mean gradients of the two halves of the prompts (independent estimates of
+mu): near 0 when the direction is noise. Adam moves each coordinate by
 about lr a step whatever this ratio, so when B* is far above the step's prompts the update is a random walk (mean
 |z - 1| growing like lr * sqrt(steps)).
 

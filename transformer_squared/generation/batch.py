@@ -9,9 +9,9 @@
         batch.cancel(a)                               # a row leaves at the next step, reason "cancelled"
 
 `Engine.generate` (and so evaluation and RL rollouts) adds prompts whenever a quarter of the batch is free and
-steps until all are done; the server (serving/scheduler.py) adds requests as they arrive. Each row has its own `SamplingParams`
-(max_new_tokens, temperature, top_p, stop strings, seed), an opaque `state` (the server's: the row's expert)
-and an optional `on_text` for streaming.
+steps until all are done; the server (serving/scheduler.py) adds requests as they arrive. Each row has its own
+`SamplingParams` (max_new_tokens, temperature, top_p, stop strings, seed), an opaque `state` (the server's: the
+row's expert; `Engine.generate`'s: the prompt's position) and an optional `on_text` for streaming.
 
 A step: rows cancelled or finished leave the runner's cache (unless only a few steps are left and no row waits
 to join: the copy would cost more than computing them); the running rows take one decoding step; the rows

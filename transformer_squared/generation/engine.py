@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import T2Error
-from .batch import Row, RunningBatch
+from .batch import RunningBatch
 from .fast_llama import LlamaRunner, fast_path_problem
 from .hf_runner import HFRunner
 from .packed import packing_problem
@@ -200,7 +200,6 @@ class Engine:
         try:
             with run:
                 queue = list(reversed(order))  # popped from the end: shortest prompts first
-                rows: dict[int, Row] = {}
                 while queue or run:
                     # Refill: newcomers join once a quarter of the batch is free (or it is empty), so a batch
                     # never waits for its longest row and joins are prefilled a few rows at a time.
@@ -210,10 +209,9 @@ class Engine:
                         self.stats.batches += 1
                         for _ in range(min(free, len(queue))):
                             i = queue.pop()
-                            rows[i] = run.add(ids[i], params, state=i, generator=generator)
-                    for row in run.step():
-                        i = row.state
-                        results[i] = rows.pop(i).completion()
+                            run.add(ids[i], params, state=i, generator=generator)
+                    for row in run.step():  # the rows that finished: `state` is the prompt's position
+                        results[row.state] = row.completion()
                         if bar is not None:
                             bar.update(1)
         finally:
