@@ -18,6 +18,20 @@ about lr a step whatever this ratio, so when B* is far above the step's prompts 
 
     python results/grad_snr.py --model QWEN.gguf --task mbpp --prompts 32 --samples 4 --max-new-tokens 512 \\
         --out results/qwen/grad_snr_mbpp.json --data-dir ../shared/data
+
+Where the noise comes from (`--pair OTHER.pt`): a second rollout of the same P prompts with another sampling seed
+(`--sample-seed`) gives a second, independent gradient b_k of each prompt beside the first run's a_k (saved by its
+`--save-gradients`). With m_k = E[g_k] the prompt's own expected direction, a_k . b_k is an unbiased estimate of
+|m_k|^2, so tr(Sigma) splits into sampling noise (what more samples per prompt remove) and the prompts' disagreement
+(what only more prompts remove):
+
+    per_prompt_signal = mean_k a_k . b_k                    estimates mean_k |m_k|^2
+    common_signal     = mean_{k != j} a_k . b_j             estimates |mu|^2 over these prompts
+    between_prompts   = per_prompt_signal - common_signal   mean_k |m_k - mu|^2: no G removes it
+    sampling_noise    = mean_k (|a_k|^2 + |b_k|^2) / 2 - per_prompt_signal   (at this G)
+
+`batch_for_snr_1_infinite_samples` = between_prompts / common_signal is B* with noiseless groups. 95% intervals from a
+bootstrap over prompts.
 """
 
 from __future__ import annotations
@@ -61,6 +75,42 @@ def snr(g: torch.Tensor) -> dict:
             "snr_at_8_prompts": (mu2 / (tr_sigma / 8)) ** 0.5 if mu2 > 0 else 0.0, "cos_halves": cos}
 
 
+def split_noise(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Per-prompt signal, common signal, between-prompt spread and sampling noise from two independent gradients of
+    the same P prompts (a, b: (P, D)); see the module docstring."""
+    P = a.shape[0]
+
+    cross, sq = a @ b.T, ((a * a).sum(1) + (b * b).sum(1)) / 2  # cross[k, j] = a_k . b_j
+
+    def parts(i: torch.Tensor) -> tuple[float, float, float]:
+        c = cross[i][:, i]
+        per_prompt = float(c.diagonal().mean())
+        other = i[:, None] != i[None, :]  # pairs of distinct prompts (a resample repeats some)
+        common = float(c[other].mean())
+        return per_prompt, common, float(sq[i].mean()) - per_prompt
+
+    per_prompt, common, noise = parts(torch.arange(P))
+    gen = torch.Generator().manual_seed(0)
+    boot = [parts(torch.randint(P, (P,), generator=gen)) for _ in range(2000)]
+    q = torch.tensor(boot, dtype=torch.double).quantile(torch.tensor([0.025, 0.975], dtype=torch.double), dim=0)
+    between = per_prompt - common
+    return {"per_prompt_signal": per_prompt, "per_prompt_signal_ci95": q[:, 0].tolist(),
+            "common_signal": common, "common_signal_ci95": q[:, 1].tolist(),
+            "between_prompts": between, "sampling_noise": noise, "sampling_noise_ci95": q[:, 2].tolist(),
+            "per_prompt_signal_over_noise": per_prompt / noise if noise > 0 else None,
+            "batch_for_snr_1_infinite_samples": between / common if common > 0 else None}
+
+
+def pair(g: torch.Tensor, path: str, ids: list[str]) -> dict:
+    """split_noise of this run's gradients against those saved at `path`, refusing other prompts."""
+    other = torch.load(path)
+    if "ids" in other and list(other["ids"]) != ids:
+        raise SystemExit(f"{path}: its prompts are not this run's (same --task, --prompts and --seed needed)")
+    if other["gradients"].shape != g.shape:
+        raise SystemExit(f"{path}: gradients of shape {tuple(other['gradients'].shape)}, this run's {tuple(g.shape)}")
+    return {"with": path, **split_noise(g, other["gradients"].double())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -70,7 +120,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--experts", default=None, help="--task dispatch: the expert set whose domains it names")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="picks the prompts (the training run's data order)")
+    ap.add_argument("--sample-seed", type=int, default=None, help="seed of the sampling (default: --seed)")
+    ap.add_argument("--pair", default=None,
+                    help="gradients saved by a run on the same prompts (another --sample-seed): split the noise")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -96,7 +149,8 @@ def main() -> None:
         d = Dist()
         batch = next(rollouts(policy, engine, tok, task, train_set, DataOrder(len(train_set), cfg.seed),
                               batch_size=args.prompts, samples_per_prompt=args.samples, params=params,
-                              wrong_reward=cfg.wrong_reward, seed=cfg.seed, start_step=0, d=d))
+                              wrong_reward=cfg.wrong_reward,
+                              seed=cfg.seed if args.sample_seed is None else args.sample_seed, start_step=0, d=d))
         t_roll = time.perf_counter() - t0
         G, grads = args.samples, []
         for k in range(args.prompts):
@@ -112,7 +166,8 @@ def main() -> None:
                 p.grad = None
         g = torch.stack(grads).double()  # (P, D)
         if args.save_gradients:
-            torch.save({"gradients": g.float(), "rewards": batch.rewards.view(args.prompts, G)}, args.save_gradients)
+            torch.save({"gradients": g.float(), "rewards": batch.rewards.view(args.prompts, G),
+                        "ids": [e.id for e in batch.examples[::G]]}, args.save_gradients)
     finally:
         policy.close()
     P = g.shape[0]
@@ -128,6 +183,7 @@ def main() -> None:
         "mixed_groups": int((rewards.max(1).values != rewards.min(1).values).sum()),
         "coordinates": int(g.shape[1]),
         "leave_one_out": snr(g), "leave_one_out_std_norm": snr(g_std),
+        **({"pair": pair(g, args.pair, [e.id for e in batch.examples[::G]])} if args.pair else {}),
         "rollout_seconds": round(t_roll, 1), "seconds": round(time.perf_counter() - t0, 1),
         "command": "python results/grad_snr.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),

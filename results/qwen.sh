@@ -77,6 +77,13 @@ stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (
   snr grad_snr_mbpp.json --task mbpp --prompts 32 --samples 4
   snr grad_snr_mbpp_p64_s1.json --task mbpp --prompts 64 --samples 4 --seed 1
   snr grad_snr_arc_easy.json --task arc-easy --prompts 32 --samples 4
+  # The same 32 prompts sampled again (--sample-seed 1), paired with the first rollout's gradients (saved by that
+  # run as /tmp/arc_p32.pt; redone here when missing): the noise split into sampling and the prompts' disagreement
+  [[ -f results/qwen/grad_snr_arc_easy_pair.json || -f /tmp/arc_p32.pt ]] || "${PY:-.venv/bin/python}" \
+      results/grad_snr.py "${M[@]}" --max-new-tokens 512 --data-dir ../shared/data --task arc-easy --prompts 32 \
+      --samples 4 --out /tmp/arc_p32.json --save-gradients /tmp/arc_p32.pt
+  snr grad_snr_arc_easy_pair.json --task arc-easy --prompts 32 --samples 4 --sample-seed 1 --pair /tmp/arc_p32.pt \
+      --save-gradients /tmp/arc_p32_s1.pt
 }
 
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
