@@ -90,9 +90,10 @@ stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (
 # prompt..."), whose gradient has a common direction 4-5 prompts reveal (B* 4.9 on SmolLM2): G = 32 samples of the
 # 2-token label at T = 1, advantages / the group's std, KL 0.1 to the base, lr 2e-3 constant, 20 steps of 8 prompts;
 # validation on 200 valid prompts every 10 steps (the base is step 0's candidate), test on the 150 held-out prompts.
-# The domains and their descriptions are the shipped expert set's (experts/), so the classification prompt is the
-# one adaptation uses. dispatch-base scores the base model on the same 150 test prompts for `t2 compare`.
-DISPATCH=(--task dispatch --experts experts "${M[@]}")
+# The domains are the paper's (math/code/reasoning -> gsm8k/mbpp/arc-easy, no descriptions), those of every expert set
+# here, so the classification prompt is the one adaptation uses (`--experts experts` would refuse: SmolLM2's experts do
+# not fit Qwen). dispatch-base scores the base model on the same 150 test prompts for `t2 compare`.
+DISPATCH=(--task dispatch "${M[@]}")
 stage_dispatch() {
   evaluate dispatch-base "${DISPATCH[@]}" --limit 150 --max-new-tokens 8
   train dispatch-svf-rl "${DISPATCH[@]}" --method svf --objective rl --samples-per-prompt 32 --temperature 1.0 \
