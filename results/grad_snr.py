@@ -101,9 +101,8 @@ def split_noise(a: torch.Tensor, b: torch.Tensor) -> dict:
             "batch_for_snr_1_infinite_samples": between / common if common > 0 else None}
 
 
-def pair(g: torch.Tensor, path: str, ids: list[str]) -> dict:
-    """split_noise of this run's gradients against those saved at `path`, refusing other prompts."""
-    other = torch.load(path)
+def pair(g: torch.Tensor, other: dict, path: str, ids: list[str]) -> dict:
+    """split_noise of this run's gradients against `other`, those saved at `path`, refusing other prompts."""
     if "ids" in other and list(other["ids"]) != ids:
         raise SystemExit(f"{path}: its prompts are not this run's (same --task, --prompts and --seed needed)")
     if other["gradients"].shape != g.shape:
@@ -130,6 +129,7 @@ def main() -> None:
     ap.add_argument("--save-gradients", default=None, help="also save the per-prompt gradients (P, D) here (.pt)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    other = torch.load(args.pair) if args.pair else None  # read first: a bad path fails now, not after the rollouts
     t0 = time.perf_counter()
     cfg = TrainConfig(out="(unused)", model=args.model, task=args.task, method="svf", objective="rl",
                       samples_per_prompt=args.samples, batch_size=args.prompts, temperature=args.temperature,
@@ -183,7 +183,7 @@ def main() -> None:
         "mixed_groups": int((rewards.max(1).values != rewards.min(1).values).sum()),
         "coordinates": int(g.shape[1]),
         "leave_one_out": snr(g), "leave_one_out_std_norm": snr(g_std),
-        **({"pair": pair(g, args.pair, [e.id for e in batch.examples[::G]])} if args.pair else {}),
+        **({"pair": pair(g, other, args.pair, [e.id for e in batch.examples[::G]])} if args.pair else {}),
         "rollout_seconds": round(t_roll, 1), "seconds": round(time.perf_counter() - t0, 1),
         "command": "python results/grad_snr.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
